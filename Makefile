@@ -1,0 +1,46 @@
+# market-backend: every entry point a person uses. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+PY := .venv/bin/python
+
+.PHONY: help install services services-down migrate api run test lint format
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install: .venv/.installed ## create .venv with the locked dependencies (installs uv if missing)
+
+.venv/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || { echo "uv not found: installing it with pip"; \
+		python3 -m pip install --quiet uv || { echo "error: could not install uv; install it (pip install uv) and retry" >&2; exit 1; }; }
+	$(UV) sync --frozen
+	@touch $@
+
+services: install ## make sure PostgreSQL and Redis answer (starting throw-away ones if needed) and the databases exist
+	$(PY) -m scripts.services up
+
+services-down: install ## stop the throw-away servers `make services` started
+	$(PY) -m scripts.services down
+
+migrate: services ## apply every migration in piccolo_migrations/ (a second run changes nothing)
+	$(PY) -m piccolo.main migrations forwards market
+
+api: migrate ## serve the HTTP API on HTTP_HOST:HTTP_PORT (default 127.0.0.1:3000)
+	$(PY) -m app
+
+run: migrate ## the whole service in one command
+	$(PY) -m app
+
+test: services ## the test suite against real PostgreSQL and Redis
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy (strict on app/, outbox/, relay/)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+format: install ## apply ruff's formatting and safe fixes
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .

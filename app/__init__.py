@@ -1,0 +1,1 @@
+"""market-backend: the Litestar service for market registration and approval."""

@@ -1,0 +1,48 @@
+"""The asyncpg connection pool every process opens once at start-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from app.settings import Settings
+
+# What an unreachable or restarting PostgreSQL raises: answered with 503, retried by workers.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+_encode_json = msgspec.json.Encoder().encode
+_decode_json = msgspec.json.Decoder().decode
+
+
+def _json_text(value: Any) -> str:
+    return _encode_json(value).decode()
+
+
+async def init_connection(connection: asyncpg.Connection) -> None:
+    """json and jsonb read and written with msgspec."""
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name, encoder=_json_text, decoder=_decode_json, schema="pg_catalog"
+        )
+
+
+async def create_pool(settings: Settings, *, max_size: int | None = None) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.database_pool_min,
+        max_size=max_size or settings.database_pool_max,
+        init=init_connection,
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,67 @@
+"""Stored first responses for requests sent with an Idempotency-Key header."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import asyncpg
+import msgspec
+
+
+class IdempotencyConflict(Exception):
+    """The key was first used with a different request."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was already used with a different request")
+        self.key = key
+
+
+class StoredResponse(msgspec.Struct, frozen=True):
+    status: int
+    body: Any
+
+
+def fingerprint(request: msgspec.Struct) -> str:
+    """The same request, however it was spelled on the wire, has the same fingerprint."""
+    return hashlib.sha256(msgspec.json.encode(request)).hexdigest()
+
+
+class IdempotencyRepository:
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    async def claim(self, key: str, request_fingerprint: str) -> StoredResponse | None:
+        """Reserve `key` in this transaction, or return the response already stored for it.
+
+        A concurrent request with the same key waits on the unique index until the
+        first transaction ends, then finds its response (or, after a rollback, the key
+        free again).
+        """
+        inserted = await self._connection.fetchval(
+            """
+            INSERT INTO idempotency_keys (key, request_fingerprint, response_status, response_body)
+            VALUES ($1, $2, 0, 'null') ON CONFLICT (key) DO NOTHING RETURNING true
+            """,
+            key,
+            request_fingerprint,
+        )
+        if inserted:
+            return None
+        row = await self._connection.fetchrow(
+            "SELECT request_fingerprint, response_status, response_body"
+            " FROM idempotency_keys WHERE key = $1",
+            key,
+        )
+        assert row is not None, "a conflicting key is committed, so it is visible"
+        if row["request_fingerprint"] != request_fingerprint:
+            raise IdempotencyConflict(key)
+        return StoredResponse(status=row["response_status"], body=row["response_body"])
+
+    async def store(self, key: str, response: StoredResponse) -> None:
+        await self._connection.execute(
+            "UPDATE idempotency_keys SET response_status = $2, response_body = $3 WHERE key = $1",
+            key,
+            response.status,
+            response.body,
+        )

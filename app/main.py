@@ -1,0 +1,75 @@
+"""The application factory: settings, connections for the app's lifetime, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import redis.asyncio as redis
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from app.db import create_pool
+from app.errors import EXCEPTION_HANDLERS, validate_request_body
+from app.health import HealthController
+from app.logging import configure_logging
+from app.markets.controller import MarketController
+from app.settings import Settings, get_settings
+from app.unit_of_work import UnitOfWork
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    configure_logging(settings)
+    settings.check_secrets()
+
+    @asynccontextmanager
+    async def connections(app: Litestar) -> AsyncIterator[None]:
+        app.state.db_pool = await create_pool(settings)
+        app.state.redis = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=2
+        )
+        try:
+            yield
+        finally:
+            await app.state.redis.aclose()
+            await app.state.db_pool.close()
+
+    return Litestar(
+        route_handlers=[HealthController, MarketController],
+        lifespan=[connections],
+        dependencies={
+            "db_pool": Provide(_db_pool, sync_to_thread=False),
+            "redis_client": Provide(_redis_client, sync_to_thread=False),
+            "uow": Provide(_unit_of_work, sync_to_thread=False),
+        },
+        before_request=validate_request_body,
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title="market-backend",
+            version="0.1.0",
+            description="Market registration with asynchronous approval by Entity Permissions Core",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        logging_config=None,  # app.logging owns the handlers
+        debug=False,
+    )
+
+
+def _db_pool(state: State) -> asyncpg.Pool:
+    pool: asyncpg.Pool = state.db_pool
+    return pool
+
+
+def _redis_client(state: State) -> redis.Redis:
+    client: redis.Redis = state.redis
+    return client
+
+
+def _unit_of_work(state: State) -> UnitOfWork:
+    return UnitOfWork(state.db_pool)

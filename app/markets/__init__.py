@@ -1,0 +1,1 @@
+"""Markets: registration and the approval state of each market."""

@@ -1,0 +1,89 @@
+"""HTTP entry points of the markets domain: parse, call the service, render."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+
+from app.markets import service
+from app.markets.schemas import (
+    ApprovalEventView,
+    AssetView,
+    MarketDetailView,
+    MarketView,
+    RegisterMarketRequest,
+    RegistrationView,
+)
+from app.unit_of_work import UnitOfWork
+from app.validation import FieldError, RequestValidationError
+
+MAX_REGISTER_BODY = 1024 * 1024
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Parameter(
+        header="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Retries with the same key and body return the first response; "
+        "another body with the same key gets 409.",
+    ),
+]
+
+
+class MarketController(Controller):
+    path = "/api/v1/markets"
+    tags = ["markets"]
+
+    @post(
+        "/register",
+        status_code=201,
+        request_max_body_size=MAX_REGISTER_BODY,
+        summary="Register a market; it awaits approval by Entity Permissions Core",
+    )
+    async def register(
+        self,
+        data: RegisterMarketRequest,
+        request: Request[Any, Any, Any],
+        uow: UnitOfWork,
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> Response[RegistrationView]:
+        outcome = await service.register(
+            uow,
+            data.to_command(),
+            context={"request_id": request_id(request), "actor_id": str(data.issuer_id)},
+            idempotency_key=idempotency_key,
+        )
+        market_id = outcome.registration.market.id
+        headers = {"Location": f"{self.path}/{market_id}"}
+        if outcome.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(RegistrationView.of(outcome.registration), status_code=201, headers=headers)
+
+    @get("/{market_id:str}", summary="A market with its asset and approval state")
+    async def get_market(self, market_id: str, uow: UnitOfWork) -> MarketDetailView:
+        detail = await service.get_market(uow, parse_uuid("id", market_id))
+        return MarketDetailView(
+            market=MarketView.of(detail.registration.market),
+            asset=AssetView.of(detail.registration.asset),
+            approval_history=[
+                ApprovalEventView(**msgspec.structs.asdict(record))
+                for record in detail.approval_history
+            ],
+        )
+
+
+def parse_uuid(field: str, value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise RequestValidationError([FieldError(field, f"{value!r} is not a UUID")]) from None
+
+
+def request_id(request: Request[Any, Any, Any]) -> str:
+    """The caller's X-Request-ID, or a new one, to trace a request through its events."""
+    return request.headers.get("x-request-id") or str(uuid.uuid4())

@@ -1,0 +1,68 @@
+"""Use cases of the markets domain, each in one unit of work."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from app.idempotency import StoredResponse, fingerprint
+from app.markets.domain import RegisterMarket, Registration, register_market
+from app.markets.repository import ApprovalRecord
+from app.unit_of_work import UnitOfWork
+from outbox import MARKETS_EVENTS
+
+
+class MarketNotFound(LookupError):
+    def __init__(self, market_id: uuid.UUID) -> None:
+        super().__init__(f"market {market_id} not found")
+        self.market_id = market_id
+
+
+class RegistrationOutcome(msgspec.Struct, frozen=True):
+    registration: Registration
+    replayed: bool
+
+
+class MarketDetail(msgspec.Struct, frozen=True):
+    registration: Registration
+    approval_history: list[ApprovalRecord]
+
+
+async def register(
+    uow: UnitOfWork,
+    command: RegisterMarket,
+    *,
+    context: dict[str, Any],
+    idempotency_key: str | None = None,
+) -> RegistrationOutcome:
+    """Save the market, its asset and its outbox events together, and return at once.
+
+    With an idempotency key, a retry of the same request gets the first result back and
+    writes nothing; the same key with a different request raises IdempotencyConflict.
+    """
+    async with uow:
+        if idempotency_key is not None:
+            prior = await uow.idempotency.claim(idempotency_key, fingerprint(command))
+            if prior is not None:
+                first = msgspec.convert(prior.body, Registration, strict=False)
+                return RegistrationOutcome(first, replayed=True)
+        registration, events = register_market(command, datetime.now(UTC), context)
+        await uow.markets.add(registration)
+        await uow.enqueue(MARKETS_EVENTS, events)
+        if idempotency_key is not None:
+            body = msgspec.to_builtins(registration)
+            await uow.idempotency.store(idempotency_key, StoredResponse(status=201, body=body))
+        await uow.commit()
+    return RegistrationOutcome(registration, replayed=False)
+
+
+async def get_market(uow: UnitOfWork, market_id: uuid.UUID) -> MarketDetail:
+    async with uow:
+        registration = await uow.markets.get(market_id)
+        if registration is None:
+            raise MarketNotFound(market_id)
+        history = await uow.markets.approval_history(market_id)
+    return MarketDetail(registration, history)

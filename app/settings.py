@@ -1,0 +1,122 @@
+"""Configuration read once from the environment (and `.env` when present).
+
+Names follow DESIGN.md. Values in the process environment win over `.env`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+AppEnv = Literal["development", "test", "production"]
+
+# Environment variables holding several values, separated by white space.
+_LIST_FIELDS = frozenset({"webhook_secrets", "sns_topic_arns"})
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used; the message says which variable and why."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    app_env: AppEnv = "development"
+    http_host: str = "127.0.0.1"
+    http_port: int = 3000
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/marketdb"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_pool_min: int = 0  # 0: start even while PostgreSQL is down; /ready says so
+    database_pool_max: int = 10
+    log_level: str = "INFO"
+    permissions_service_base_url: str | None = None
+    permissions_service_api_key: str | None = None
+    permissions_service_timeout_ms: int = 5000
+    permissions_poll_interval_s: float = 10.0
+    webhook_secrets: tuple[str, ...] = ()
+    sns_topic_arns: tuple[str, ...] = ()
+    admin_token: str | None = None
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+    def missing_secrets(self) -> list[str]:
+        """Secrets a production deployment must have, by variable name."""
+        missing = []
+        if not self.admin_token:
+            missing.append("ADMIN_TOKEN")
+        if not self.webhook_secrets and not self.sns_topic_arns:
+            missing.append("WEBHOOK_SECRETS or SNS_TOPIC_ARNS")
+        if self.permissions_service_base_url and not self.permissions_service_api_key:
+            missing.append("PERMISSIONS_SERVICE_API_KEY")
+        return missing
+
+    def check_secrets(self) -> None:
+        """Refuse to run in production without secrets; elsewhere warn loudly and go on."""
+        missing = self.missing_secrets()
+        if not missing:
+            return
+        names = ", ".join(missing)
+        if self.is_production:
+            raise ConfigError(f"APP_ENV=production requires {names}; refusing to start")
+        log.warning(
+            "insecure configuration: %s not set; acceptable in %s only", names, self.app_env
+        )
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse KEY=VALUE lines; blank lines and # comments are skipped, quotes stripped."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_settings(
+    environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")
+) -> Settings:
+    """Build Settings from `.env` overlaid by the environment; raise ConfigError on bad values."""
+    source = read_dotenv(dotenv) if dotenv is not None else {}
+    source.update(os.environ if environ is None else environ)
+    raw: dict[str, object] = {}
+    for field in msgspec.structs.fields(Settings):
+        value = source.get(field.name.upper())
+        if value is None or value == "":
+            continue
+        raw[field.name] = tuple(value.split()) if field.name in _LIST_FIELDS else value
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_env_name(exc)}") from exc
+
+
+def _env_name(exc: msgspec.ValidationError) -> str:
+    """Rewrite msgspec's `$.http_port` path into the variable name an operator set."""
+    message = str(exc)
+    head, sep, path = message.rpartition(" - at `$.")
+    if not sep:
+        return message
+    return f"{path.rstrip('`').split('[')[0].upper()}: {head}"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use."""
+    return load_settings()

@@ -1,0 +1,67 @@
+"""One PostgreSQL transaction around each use case, with the repositories bound to it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from asyncpg.transaction import Transaction
+
+import outbox
+from app.idempotency import IdempotencyRepository
+from app.markets.repository import MarketRepository
+
+
+class UnitOfWork:
+    """`async with uow:` opens the transaction; nothing is kept unless `commit()` is called."""
+
+    connection: asyncpg.Connection
+    markets: MarketRepository
+    idempotency: IdempotencyRepository
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._transaction: Transaction | None = None
+        self._proxy: PoolConnectionProxy | None = None
+
+    async def __aenter__(self) -> Self:
+        self._proxy = await self._pool.acquire()
+        self.connection = self._proxy  # type: ignore[assignment]
+        try:
+            self._transaction = self.connection.transaction()
+            await self._transaction.start()
+        except BaseException:
+            await self._release()
+            raise
+        self.markets = MarketRepository(self.connection)
+        self.idempotency = IdempotencyRepository(self.connection)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if self._transaction is not None and not self.connection.is_closed():
+                await self._transaction.rollback()
+        finally:
+            await self._release()
+
+    async def enqueue(self, stream: str, events: Sequence[outbox.EventEnvelope]) -> set[str]:
+        """Events to publish on `stream` once this transaction commits."""
+        return await outbox.enqueue(self.connection, stream, events)
+
+    async def commit(self) -> None:
+        assert self._transaction is not None, "commit outside `async with`"
+        await self._transaction.commit()
+        self._transaction = None
+
+    async def _release(self) -> None:
+        proxy, self._proxy, self._transaction = self._proxy, None, None
+        if proxy is not None:
+            await self._pool.release(proxy)

@@ -1,0 +1,16 @@
+"""The transactional outbox: events written with the state change they describe, in one
+PostgreSQL transaction, and moved to Redis Streams later by the relay."""
+
+from outbox.envelope import EventEnvelope, new_event
+from outbox.streams import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
+from outbox.writer import NOTIFY_CHANNEL, enqueue
+
+__all__ = [
+    "ENTITY_PERMISSIONS_DEAD",
+    "ENTITY_PERMISSIONS_EVENTS",
+    "MARKETS_EVENTS",
+    "NOTIFY_CHANNEL",
+    "EventEnvelope",
+    "enqueue",
+    "new_event",
+]

@@ -1,0 +1,60 @@
+"""Writing to the outbox inside the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import asyncpg
+import msgspec
+
+from outbox.envelope import EventEnvelope
+
+# The relay LISTENs on this channel; PostgreSQL delivers a NOTIFY only when the
+# transaction that sent it commits, and folds repeats within one transaction.
+NOTIFY_CHANNEL: Final = "outbox"
+
+_encode = msgspec.json.Encoder().encode
+
+_INSERT = """
+WITH inserted AS (
+    INSERT INTO outbox (event_id, stream, event_type, source, aggregate_type, aggregate_id,
+                        payload, context, occurred_at)
+    SELECT e.event_id, e.stream, e.event_type, e.source, e.aggregate_type, e.aggregate_id,
+           e.payload::jsonb, e.context::jsonb, e.occurred_at
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::timestamptz[]) WITH ORDINALITY
+         AS e(event_id, stream, event_type, source, aggregate_type, aggregate_id,
+              payload, context, occurred_at, position)
+    ORDER BY e.position  -- ids follow the caller's order: the relay publishes by id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+)
+SELECT event_id, pg_notify($10, '') FROM inserted
+"""
+
+
+async def enqueue(
+    connection: asyncpg.Connection, stream: str, events: Sequence[EventEnvelope]
+) -> set[str]:
+    """Add events for `stream` in the connection's open transaction, in the order given.
+
+    Returns the event ids actually inserted: an id already in the outbox is left alone,
+    which is how an inbound event delivered twice is recognised.
+    """
+    if not connection.is_in_transaction():
+        raise RuntimeError("outbox.enqueue must run inside the caller's transaction")
+    rows = await connection.fetch(
+        _INSERT,
+        [e.event_id for e in events],
+        [stream] * len(events),
+        [e.event_type for e in events],
+        [e.source for e in events],
+        [e.aggregate_type for e in events],
+        [e.aggregate_id for e in events],
+        [_encode(e.payload).decode() for e in events],
+        [_encode(e.context).decode() for e in events],
+        [e.occurred_at for e in events],
+        NOTIFY_CHANNEL,
+    )
+    return {row["event_id"] for row in rows}

@@ -1,0 +1,102 @@
+"""Fixtures against the real PostgreSQL and Redis that `make services` ensures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as redis
+
+from app.settings import load_settings
+from scripts.services import test_database_url
+from tests.support.processes import ROOT, ManagedProcess, start_api
+
+_settings = load_settings()
+DATABASE_URL = test_database_url(_settings.database_url)
+# Tests own a Redis logical database of their own and empty it freely.
+REDIS_URL = os.environ.get(
+    "TEST_REDIS_URL", urlunsplit(urlsplit(_settings.redis_url)._replace(path="/15"))
+)
+TABLES = (
+    "markets, assets, outbox, processed_events, market_approval_events, poller_cursors, "
+    "idempotency_keys"
+)
+
+
+def service_env(**overrides: str) -> dict[str, str]:
+    """The environment of a process under test: the test database and Redis."""
+    return {
+        "APP_ENV": "test",
+        "DATABASE_URL": DATABASE_URL,
+        "REDIS_URL": REDIS_URL,
+        "LOG_LEVEL": "INFO",
+        **overrides,
+    }
+
+
+def run_migrations(database_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "piccolo.main", "migrations", "forwards", "market"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_database() -> None:
+    run_migrations(DATABASE_URL)
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture
+async def db() -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own, on a database emptied before the test."""
+    connection = await asyncpg.connect(DATABASE_URL)
+    await connection.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def api(log_dir: Path) -> Iterator[str]:
+    """The API as a real process on a free port; yields its base URL."""
+    process, base_url = start_api(service_env(), log_dir)
+    try:
+        yield base_url
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def client(api: str, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        yield http
+
+
+__all__ = ["ManagedProcess", "run_migrations", "service_env"]

@@ -1,0 +1,77 @@
+"""Start the project's real processes (API, relay, consumer...) for a test and stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ManagedProcess:
+    """A child process whose output goes to a log file, shown when something goes wrong."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def wait_http_ok(self, url: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.log_tail()}")
+            try:
+                if httpx.get(url, timeout=1).status_code < 500:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name} did not answer {url}:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def start_api(env: dict[str, str], log_dir: Path, name: str = "api") -> tuple[ManagedProcess, str]:
+    port = free_port()
+    process = ManagedProcess(name, ["-m", "app"], {**env, "HTTP_PORT": str(port)}, log_dir)
+    base_url = f"http://127.0.0.1:{port}"
+    process.wait_http_ok(f"{base_url}/health")
+    return process, base_url
