@@ -27,7 +27,8 @@ import redis
 from app.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL = ROOT / ".local"
+# Where throw-away servers keep their data (git-ignored).
+LOCAL = Path(os.environ.get("LOCAL_SERVICES_DIR") or ROOT / ".local")
 PG_DIR = LOCAL / "postgres"
 REDIS_DIR = LOCAL / "redis"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
