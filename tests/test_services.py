@@ -42,7 +42,9 @@ async def test_services_start_throw_away_servers_when_none_answer() -> None:
         assert f"starting PostgreSQL on 127.0.0.1:{pg_port}" in started.stdout
 
         connection = await asyncpg.connect(env["DATABASE_URL"].replace("marketdb", "postgres"))
-        databases = {r["datname"] for r in await connection.fetch("SELECT datname FROM pg_database")}
+        databases = {
+            r["datname"] for r in await connection.fetch("SELECT datname FROM pg_database")
+        }
         await connection.close()
         assert {"marketdb", "marketdb_test"} <= databases
         assert redis.Redis(port=redis_port).ping()
