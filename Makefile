@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY := .venv/bin/python
 
-.PHONY: help install services services-down migrate api run test lint format
+.PHONY: help install services services-down migrate api relay replay run test bench lint format
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,11 +30,21 @@ migrate: services ## apply every migration in piccolo_migrations/ (a second run 
 api: migrate ## serve the HTTP API on HTTP_HOST:HTTP_PORT (default 127.0.0.1:3000)
 	$(PY) -m app
 
-run: migrate ## the whole service in one command
-	$(PY) -m app
+relay: migrate ## the outbox relay: committed outbox rows onto their Redis streams (one leads, others stand by)
+	$(PY) -m relay
+
+replay: migrate ## re-publish retained outbox rows: make replay SINCE=2026-11-26T00:00:00Z [STREAM=markets:events]
+	@test -n "$(SINCE)" || { echo "usage: make replay SINCE=<ISO time> [STREAM=<stream>]" >&2; exit 2; }
+	$(PY) -m relay replay --since "$(SINCE)" $(if $(STREAM),--stream "$(STREAM)")
+
+run: migrate ## the whole service in one command (API and relay), output prefixed by process; Ctrl-C stops all
+	$(PY) -m scripts.run
 
 test: services ## the test suite against real PostgreSQL and Redis
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: services ## figures on this machine (QUICK=1 for a short run): table + bench/results.json
+	QUICK=$(QUICK) $(PY) -m bench
 
 lint: install ## ruff and mypy (strict on app/, outbox/, relay/)
 	$(PY) -m ruff check .

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -10,7 +10,7 @@ import msgspec
 from app.settings import Settings
 
 # What an unreachable or restarting PostgreSQL raises: answered with 503, retried by workers.
-UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+UNAVAILABLE_ERRORS: Final[tuple[type[Exception], ...]] = (
     OSError,
     TimeoutError,
     asyncpg.CannotConnectNowError,
@@ -18,6 +18,13 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+)
+
+# Everything a worker retries after a pause: the above, a broken session, a failed statement.
+RETRYABLE_ERRORS: Final[tuple[type[Exception], ...]] = (
+    *UNAVAILABLE_ERRORS,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresError,
 )
 
 _encode_json = msgspec.json.Encoder().encode

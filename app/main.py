@@ -18,6 +18,7 @@ from app.errors import EXCEPTION_HANDLERS, validate_request_body
 from app.health import HealthController
 from app.logging import configure_logging
 from app.markets.controller import MarketController
+from app.redis_client import connect_redis
 from app.settings import Settings, get_settings
 from app.unit_of_work import UnitOfWork
 
@@ -30,9 +31,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def connections(app: Litestar) -> AsyncIterator[None]:
         app.state.db_pool = await create_pool(settings)
-        app.state.redis = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=2
-        )
+        app.state.redis = connect_redis(settings.redis_url, "api", socket_timeout=2)
         try:
             yield
         finally:

@@ -19,6 +19,8 @@ AppEnv = Literal["development", "test", "production"]
 
 # Environment variables holding several values, separated by white space.
 _LIST_FIELDS = frozenset({"webhook_secrets", "sns_topic_arns"})
+# Environment variables holding "name=value" pairs, separated by white space.
+_MAP_FIELDS = frozenset({"stream_maxlen"})
 
 
 class ConfigError(RuntimeError):
@@ -41,10 +43,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_secrets: tuple[str, ...] = ()
     sns_topic_arns: tuple[str, ...] = ()
     admin_token: str | None = None
+    # The outbox relay.
+    outbox_batch_size: int = 500
+    outbox_poll_interval_s: float = 1.0
+    outbox_retention_hours: float = 168.0
+    stream_maxlen_default: int = 1_000_000
+    # Per-stream overrides, "stream=length" pairs: "markets:events=5000000".
+    stream_maxlen: dict[str, int] = msgspec.field(default_factory=dict)
 
     @property
     def is_production(self) -> bool:
         return self.app_env == "production"
+
+    def maxlen_of(self, stream: str) -> int:
+        """The approximate length a stream is trimmed to."""
+        return self.stream_maxlen.get(stream, self.stream_maxlen_default)
 
     def missing_secrets(self) -> list[str]:
         """Secrets a production deployment must have, by variable name."""
@@ -100,11 +113,28 @@ def load_settings(
         value = source.get(field.name.upper())
         if value is None or value == "":
             continue
-        raw[field.name] = tuple(value.split()) if field.name in _LIST_FIELDS else value
+        if field.name in _LIST_FIELDS:
+            raw[field.name] = tuple(value.split())
+        elif field.name in _MAP_FIELDS:
+            raw[field.name] = _pairs(field.name, value)
+        else:
+            raw[field.name] = value
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {_env_name(exc)}") from exc
+
+
+def _pairs(name: str, value: str) -> dict[str, str]:
+    pairs = {}
+    for item in value.split():
+        key, sep, setting = item.rpartition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"invalid configuration: {name.upper()}: expected name=value, got {item!r}"
+            )
+        pairs[key] = setting
+    return pairs
 
 
 def _env_name(exc: msgspec.ValidationError) -> str:

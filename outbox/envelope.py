@@ -12,9 +12,23 @@ _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
+# The fields of every stream entry (DESIGN.md, Streams), all flat strings.
+STREAM_FIELDS = (
+    "event_id",
+    "event_type",
+    "source",
+    "aggregate_type",
+    "aggregate_id",
+    "occurred_at",
+    "payload",
+    "context",
+    "outbox_id",
+)
+
+
 def format_timestamp(moment: datetime) -> str:
-    """RFC 3339 in UTC with a `Z`, as every stream entry carries it."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """RFC 3339 in UTC with microseconds and a `Z`, as every stream entry carries it."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,8 +7,12 @@ from typing import Final
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 
 from outbox.envelope import EventEnvelope
+
+# A connection of its own or one lent by a pool.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 # The relay LISTENs on this channel; PostgreSQL delivers a NOTIFY only when the
 # transaction that sent it commits, and folds repeats within one transaction.
@@ -34,9 +38,7 @@ SELECT event_id, pg_notify($10, '') FROM inserted
 """
 
 
-async def enqueue(
-    connection: asyncpg.Connection, stream: str, events: Sequence[EventEnvelope]
-) -> set[str]:
+async def enqueue(connection: Connection, stream: str, events: Sequence[EventEnvelope]) -> set[str]:
     """Add events for `stream` in the connection's open transaction, in the order given.
 
     Returns the event ids actually inserted: an id already in the outbox is left alone,

@@ -194,14 +194,7 @@ def start_local_redis(url: str) -> None:
     subprocess.run(
         [
             server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
+            *ephemeral_redis_args(port),
             "--daemonize",
             "yes",
             "--dir",
@@ -213,11 +206,22 @@ def start_local_redis(url: str) -> None:
         ],
         check=True,
     )
-    deadline = time.monotonic() + 10
+    if not wait_for_redis(url, 10):
+        raise ServiceError(f"Redis did not start; see {REDIS_DIR / 'redis.log'}")
+
+
+def ephemeral_redis_args(port: int) -> list[str]:
+    """A Redis on loopback that keeps nothing on disk: a restart loses everything."""
+    return ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
+def wait_for_redis(url: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
     while not _redis_answers(url):
         if time.monotonic() > deadline:
-            raise ServiceError(f"Redis did not start; see {REDIS_DIR / 'redis.log'}")
-        time.sleep(0.1)
+            return False
+        time.sleep(0.05)
+    return True
 
 
 # --- commands ---------------------------------------------------------------------------

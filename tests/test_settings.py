@@ -100,3 +100,15 @@ def test_the_api_process_exits_in_production_without_secrets() -> None:
 
     assert result.returncode != 0
     assert "refusing to start" in result.stderr
+
+
+def test_stream_lengths_are_set_per_stream() -> None:
+    settings = load_settings(
+        {"STREAM_MAXLEN": "markets:events=5000 entity-permissions:events=70"}, dotenv=None
+    )
+
+    assert settings.maxlen_of("markets:events") == 5000
+    assert settings.maxlen_of("entity-permissions:events") == 70
+    assert settings.maxlen_of("entity-permissions:events:dead") == 1_000_000
+    with pytest.raises(ConfigError, match="STREAM_MAXLEN"):
+        load_settings({"STREAM_MAXLEN": "markets:events"}, dotenv=None)

@@ -54,6 +54,22 @@ class ManagedProcess:
             time.sleep(0.05)
         raise AssertionError(f"{self.name} did not answer {url}:\n{self.log_tail()}")
 
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 20.0, after: int = 0) -> int:
+        """Wait until `text` appears in the log past offset `after`; returns where it ends."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log_text()
+            found = log.find(text, after)
+            if found >= 0:
+                return found + len(text)
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited before logging {text!r}:\n{log[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name} did not log {text!r}:\n{self.log_tail()}")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -67,6 +83,10 @@ class ManagedProcess:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+def start_relay(env: dict[str, str], log_dir: Path, name: str = "relay") -> ManagedProcess:
+    return ManagedProcess(name, ["-m", "relay"], env, log_dir)
 
 
 def start_api(env: dict[str, str], log_dir: Path, name: str = "api") -> tuple[ManagedProcess, str]:

@@ -1,0 +1,52 @@
+"""What every benchmark shares: the test database, a Redis of its own, process logs."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Self
+
+import asyncpg
+import redis.asyncio as redis
+
+from tests.conftest import DATABASE_URL, TABLES, run_migrations, service_env
+from tests.support.redis_server import RedisServer
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    rank = max(0, math.ceil(pct / 100 * len(ordered)) - 1)
+    return ordered[rank]
+
+
+class BenchEnv:
+    """Benchmarks write to the test database and a Redis server started for the run."""
+
+    database_url = DATABASE_URL
+
+    def __init__(self) -> None:
+        self.redis_server = RedisServer()
+        self.log_dir = Path(tempfile.mkdtemp(prefix="market-bench-"))
+        self.db: asyncpg.Connection
+        self.redis: redis.Redis
+
+    async def __aenter__(self) -> Self:
+        run_migrations(self.database_url)
+        self.redis_server.start()
+        self.db = await asyncpg.connect(self.database_url)
+        self.redis = redis.Redis.from_url(self.redis_server.url)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.redis.aclose()
+        await self.db.close()
+        self.redis_server.stop()
+
+    def process_env(self, **overrides: str) -> dict[str, str]:
+        return service_env(REDIS_URL=self.redis_server.url, **overrides)
+
+    async def reset(self) -> None:
+        await self.db.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        await self.db.execute("VACUUM ANALYZE outbox")
+        await self.redis.flushall()

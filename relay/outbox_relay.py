@@ -1,0 +1,361 @@
+"""The outbox relay: committed outbox rows onto their Redis streams, in id order.
+
+One relay leads (advisory lock); others wait as hot standbys. The leader wakes on the
+NOTIFY sent at commit, or every OUTBOX_POLL_INTERVAL_S in case one was lost, and
+drains in batches: lock rows (FOR UPDATE SKIP LOCKED), XADD them in one atomic script,
+mark them published in the transaction that locked them, commit. A crash between XADD
+and commit publishes a batch again (duplicates, which consumers drop by event_id); it
+never loses one.
+
+Batches overlap by one: while batch N is marked and committed, batch N+1 (rows N's
+locks made it skip) is read and appended. XADDs stay in id order; if N's commit fails,
+N is appended again later, after N+1, so each event's first appearance keeps order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import asyncpg
+import redis.asyncio as redis
+from asyncpg.pool import PoolConnectionProxy
+from asyncpg.transaction import Transaction
+
+from app.db import RETRYABLE_ERRORS, create_pool
+from app.redis_client import connect_redis
+from app.settings import Settings
+from outbox import NOTIFY_CHANNEL
+from outbox.writer import Connection
+from relay.backoff import Backoff
+from relay.leadership import Leadership
+from relay.process import stop_on_signals
+from relay.publisher import RedisLostData, StreamPublisher
+
+log = logging.getLogger("relay.outbox")
+
+LOCK_NAME: Final = "market-backend:outbox-relay"
+REDIS_CHECK_EVERY_S: Final = 1.0
+RETENTION_EVERY_S: Final = 60.0
+RETENTION_BATCH: Final = 1000
+SUMMARY_EVERY_S: Final = 10.0
+STORE_ERRORS: Final[tuple[type[Exception], ...]] = (redis.RedisError, *RETRYABLE_ERRORS)
+
+# Columns named as the stream entry fields, formatted as they go on the stream: the
+# relay hands them to Redis without decoding or re-encoding anything.
+SELECT_BATCH_SQL = """
+SELECT id, stream, event_id, event_type, source, aggregate_type, aggregate_id,
+       to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS occurred_at,
+       payload::text AS payload, context::text AS context, id::text AS outbox_id
+FROM outbox
+WHERE published_at IS NULL
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+MARK_PUBLISHED_SQL = """
+UPDATE outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL
+WHERE id = ANY($1::bigint[])
+"""
+RECORD_FAILURE_SQL = """
+UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])
+"""
+
+
+async def mark_for_republish(
+    connection: Connection, since: datetime, stream: str | None = None
+) -> int:
+    """Make retained rows created since `since` unpublished again, and wake the relay.
+
+    The relay then publishes them like any other rows, in id order, before anything
+    newer: which is how both `make replay` and the refill of an emptied Redis work.
+    """
+    async with connection.transaction():
+        status = await connection.execute(
+            """
+            UPDATE outbox SET published_at = NULL
+            WHERE published_at IS NOT NULL AND created_at >= $1
+              AND ($2::text IS NULL OR stream = $2)
+            """,
+            since,
+            stream,
+        )
+        await connection.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return int(status.split()[-1])
+
+
+async def delete_expired(
+    pool: asyncpg.Pool, older_than: datetime, stop: asyncio.Event, batch: int = RETENTION_BATCH
+) -> int:
+    """Delete published rows created before `older_than`, a small transaction at a time."""
+    deleted = 0
+    while not stop.is_set():
+        status = await pool.execute(
+            """
+            DELETE FROM outbox WHERE id IN (
+                SELECT id FROM outbox
+                WHERE created_at < $1 AND published_at IS NOT NULL
+                ORDER BY id LIMIT $2
+            )
+            """,
+            older_than,
+            batch,
+        )
+        count = int(status.split()[-1])
+        deleted += count
+        if count < batch:
+            break
+    return deleted
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        publisher: StreamPublisher,
+        stop: asyncio.Event,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._publisher = publisher
+        self._stop = stop
+        self._wake = asyncio.Event()
+        self._postgres = Backoff("PostgreSQL", log)
+        self._redis = Backoff("Redis", log)
+        self._streams_written: set[str] = set()
+        self._run_id: str | None = None
+        self._next_redis_check = 0.0
+        self._next_retention = 0.0
+        self._next_summary = time.monotonic() + SUMMARY_EVERY_S
+        self._published = self._batches = 0
+        self._committing: asyncio.Task[BaseException | None] | None = None
+
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(hours=self._settings.outbox_retention_hours)
+
+    async def lead(self, leadership: Leadership) -> None:
+        """Publish until told to stop or the lock's session is lost."""
+        await leadership.listen(NOTIFY_CHANNEL, self._wake.set)
+        self._streams_written.clear()
+        self._run_id = None
+        while not self._stopping(leadership):
+            self._wake.clear()
+            published = await self.drain_batch()
+            await self._maintain()
+            if published < self._settings.outbox_batch_size:
+                await self._settle_commit()
+                await self._wait_for_work(leadership)
+        await self._settle_commit()
+        self._log_summary(force=True)
+
+    async def drain_batch(self) -> int:
+        """Lock and append one batch, leaving its commit to run beside the next batch.
+
+        Returns how many rows it appended.
+        """
+        ids: list[int] = []
+        try:
+            connection = await self._pool.acquire()
+        except RETRYABLE_ERRORS as error:
+            await self._postgres.wait_after(error, self._stop)
+            return 0
+        transaction = connection.transaction()
+        try:
+            await transaction.start()
+            rows = await connection.fetch(SELECT_BATCH_SQL, self._settings.outbox_batch_size)
+            if rows:
+                ids = [row["id"] for row in rows]
+                await self._publisher.append(rows)
+        except BaseException as error:
+            await self._abandon(connection, transaction)
+            await self._settle_commit()
+            return await self._after_failure(error, ids)
+        if not rows:
+            await self._abandon(connection, transaction)
+            self._postgres.succeeded()
+            return 0
+        # One commit in flight at a time: the previous batch's must end before this one's.
+        await self._settle_commit()
+        self._committing = asyncio.create_task(self._commit(connection, transaction, ids))
+        self._redis.succeeded()
+        self._streams_written.update(row["stream"] for row in rows)
+        self._published += len(rows)
+        self._batches += 1
+        log.debug("appended batch", extra={"count": len(rows), "first": ids[0], "last": ids[-1]})
+        return len(rows)
+
+    async def _commit(
+        self, connection: PoolConnectionProxy, transaction: Transaction, ids: list[int]
+    ) -> BaseException | None:
+        """Mark a batch published and commit; the error, if any, is returned, not raised."""
+        try:
+            await connection.execute(MARK_PUBLISHED_SQL, ids)
+            await transaction.commit()
+        except RETRYABLE_ERRORS as error:
+            # The rows stay unpublished and go out again: duplicates, never a loss.
+            await self._abandon(connection, transaction)
+            return error
+        await self._pool.release(connection)
+        return None
+
+    async def _settle_commit(self) -> None:
+        """Wait for the commit in flight; back off if PostgreSQL refused it."""
+        committing, self._committing = self._committing, None
+        if committing is None:
+            return
+        error = await committing
+        if error is None:
+            self._postgres.succeeded()
+        else:
+            await self._postgres.wait_after(error, self._stop)
+
+    async def _abandon(self, connection: PoolConnectionProxy, transaction: Transaction) -> None:
+        with contextlib.suppress(*RETRYABLE_ERRORS):
+            await transaction.rollback()
+        await self._pool.release(connection)
+
+    async def _after_failure(self, error: BaseException, ids: list[int]) -> int:
+        if isinstance(error, RedisLostData):
+            await self._refill("the relay's marker is missing")
+            return self._settings.outbox_batch_size  # go again at once
+        if isinstance(error, redis.RedisError):
+            await self._record_failure(ids, error)
+            await self._redis.wait_after(error, self._stop)
+            return 0
+        if isinstance(error, RETRYABLE_ERRORS):
+            await self._postgres.wait_after(error, self._stop)
+            return 0
+        raise error
+
+    async def _record_failure(self, ids: list[int], error: BaseException) -> None:
+        if not ids:
+            return
+        # Bookkeeping only: the rows stay unpublished whether or not this is written.
+        with contextlib.suppress(*RETRYABLE_ERRORS):
+            await self._pool.execute(RECORD_FAILURE_SQL, ids, repr(error)[:1000])
+
+    async def _refill(self, reason: str, stream: str | None = None) -> None:
+        """Redis lost what the relay published: publish the retention window again."""
+        try:
+            since = datetime.now(UTC) - self.retention
+            async with self._pool.acquire() as connection:
+                count = await mark_for_republish(connection, since, stream)
+            self._run_id = await self._publisher.set_marker()
+        except STORE_ERRORS as error:
+            log.warning("could not start the refill yet (%r); will retry", error)
+            await self._redis.wait_after(error, self._stop)
+            return
+        scope = f"stream {stream}" if stream else "all streams"
+        if count:
+            log.warning(
+                "Redis lost its data (%s): re-publishing %d rows of %s from the %g-hour "
+                "retention window",
+                reason,
+                count,
+                scope,
+                self._settings.outbox_retention_hours,
+                extra={"republished": count},
+            )
+        else:
+            log.info("relay marker set on Redis %s; nothing published to re-send", self._run_id)
+
+    async def _maintain(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_redis_check:
+            self._next_redis_check = now + REDIS_CHECK_EVERY_S
+            await self._check_redis()
+        if now >= self._next_retention:
+            self._next_retention = now + RETENTION_EVERY_S
+            await self._apply_retention()
+        self._log_summary()
+
+    async def _check_redis(self) -> None:
+        """Notice a restart and streams that vanished between batches."""
+        try:
+            run_id = await self._publisher.run_id()
+            marked = await self._publisher.has_marker()
+            missing = await self._publisher.missing(sorted(self._streams_written))
+        except redis.RedisError:
+            return  # the next batch reports it
+        if not marked:
+            await self._refill("the relay's marker is missing")
+            return
+        if self._run_id is not None and run_id != self._run_id:
+            log.info("Redis restarted (run_id %s -> %s) with its data", self._run_id, run_id)
+        self._run_id = run_id
+        for stream in missing:
+            self._streams_written.discard(stream)
+            await self._refill(f"stream {stream} is gone", stream)
+
+    async def _apply_retention(self) -> None:
+        try:
+            deleted = await delete_expired(
+                self._pool, datetime.now(UTC) - self.retention, self._stop
+            )
+        except RETRYABLE_ERRORS as error:
+            log.warning("retention skipped: %r", error)
+            return
+        if deleted:
+            log.info("retention: deleted %d published rows", deleted, extra={"deleted": deleted})
+
+    def _log_summary(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_summary:
+            return
+        self._next_summary = now + SUMMARY_EVERY_S
+        if self._published:
+            log.info(
+                "published %d events in %d batches",
+                self._published,
+                self._batches,
+                extra={"published": self._published, "batches": self._batches},
+            )
+        self._published = self._batches = 0
+
+    def _stopping(self, leadership: Leadership) -> bool:
+        return self._stop.is_set() or leadership.lost.is_set()
+
+    async def _wait_for_work(self, leadership: Leadership) -> None:
+        """Until a NOTIFY, the fallback poll interval, a stop or a lost lock."""
+        waiters = [
+            asyncio.ensure_future(event.wait())
+            for event in (self._wake, self._stop, leadership.lost)
+        ]
+        try:
+            await asyncio.wait(
+                waiters,
+                timeout=self._settings.outbox_poll_interval_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+
+async def run(settings: Settings) -> None:
+    """`make relay`: lead when the lock is free, stand by otherwise, until SIGTERM/SIGINT."""
+    stop = stop_on_signals()
+    leadership = Leadership(settings.database_url, LOCK_NAME)
+    pool = await create_pool(settings, max_size=3)
+    client = connect_redis(settings.redis_url, "outbox-relay")
+    relay = OutboxRelay(settings, pool, StreamPublisher(client, settings.maxlen_of), stop)
+    try:
+        while await leadership.acquire(stop):
+            log.info("leading: publishing the outbox to Redis")
+            try:
+                await relay.lead(leadership)
+            finally:
+                await leadership.release()
+            if not stop.is_set():
+                log.warning("stepped down; waiting to lead again")
+    finally:
+        await leadership.release()
+        await client.aclose()
+        await pool.close()
+    log.info("stopped")
