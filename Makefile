@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY := .venv/bin/python
 
-.PHONY: help install services services-down migrate api relay replay run test bench lint format
+.PHONY: help install services services-down migrate api relay replay consume run test bench lint format
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ relay: migrate ## the outbox relay: committed outbox rows onto their Redis strea
 replay: migrate ## re-publish retained outbox rows: make replay SINCE=2026-11-26T00:00:00Z [STREAM=markets:events]
 	@test -n "$(SINCE)" || { echo "usage: make replay SINCE=<ISO time> [STREAM=<stream>]" >&2; exit 2; }
 	$(PY) -m relay replay --since "$(SINCE)" $(if $(STREAM),--stream "$(STREAM)")
+
+consume: migrate ## an approval consumer (group market-approvals); run several, each with its own CONSUMER_SLOT
+	$(PY) -m app.approvals
 
 run: migrate ## the whole service in one command (API and relay), output prefixed by process; Ctrl-C stops all
 	$(PY) -m scripts.run

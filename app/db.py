@@ -43,12 +43,24 @@ async def init_connection(connection: asyncpg.Connection) -> None:
         )
 
 
+async def _reset_on_release(connection: asyncpg.Connection) -> None:
+    """No server round trip when a connection goes back to the pool.
+
+    asyncpg's default runs `RESET ALL; UNLISTEN *; ...` on every release: a round trip
+    per transaction. Pooled connections here keep no session state (no LISTEN, no
+    session advisory locks, only SET LOCAL), so only a transaction left open is undone.
+    """
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
 async def create_pool(settings: Settings, *, max_size: int | None = None) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.database_pool_min,
         max_size=max_size or settings.database_pool_max,
         init=init_connection,
+        reset=_reset_on_release,
         command_timeout=30,
     )
     assert pool is not None

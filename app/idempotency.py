@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import asyncpg
 import msgspec
+
+from outbox.writer import Connection
 
 
 class IdempotencyConflict(Exception):
@@ -28,7 +29,7 @@ def fingerprint(request: msgspec.Struct) -> str:
 
 
 class IdempotencyRepository:
-    def __init__(self, connection: asyncpg.Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
     async def claim(self, key: str, request_fingerprint: str) -> StoredResponse | None:

@@ -27,7 +27,9 @@ class HiredisPackingConnection(redis.Connection):
         return [hiredis.pack_command((*head, *rest))]
 
 
-def connect_redis(url: str, role: str, *, socket_timeout: float | None = 5.0) -> redis.Redis:
+def connect_redis(
+    url: str, role: str, *, socket_timeout: float | None = 5.0, decode_responses: bool = False
+) -> redis.Redis:
     """A client named `role:host:pid` in CLIENT LIST, with no silent retries.
 
     redis-py would otherwise retry a failed command on its own, hiding an outage from the
@@ -42,5 +44,6 @@ def connect_redis(url: str, role: str, *, socket_timeout: float | None = 5.0) ->
         socket_connect_timeout=2,
         socket_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
+        decode_responses=decode_responses,
         **options,
     )

@@ -50,6 +50,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_maxlen_default: int = 1_000_000
     # Per-stream overrides, "stream=length" pairs: "markets:events=5000000".
     stream_maxlen: dict[str, int] = msgspec.field(default_factory=dict)
+    # The approval consumers.
+    consumer_name: str | None = None  # default: "<host>-<CONSUMER_SLOT>"
+    consumer_slot: int = 0
+    consumer_concurrency: int = 16
+    consumer_batch_size: int = 100
+    consumer_block_ms: int = 2000
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
 
     @property
     def is_production(self) -> bool:

@@ -11,6 +11,7 @@ from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 import outbox
+from app.approvals.processed_events import ProcessedEventRepository
 from app.idempotency import IdempotencyRepository
 from app.markets.repository import MarketRepository
 
@@ -18,26 +19,26 @@ from app.markets.repository import MarketRepository
 class UnitOfWork:
     """`async with uow:` opens the transaction; nothing is kept unless `commit()` is called."""
 
-    connection: asyncpg.Connection
+    connection: PoolConnectionProxy
     markets: MarketRepository
     idempotency: IdempotencyRepository
+    processed_events: ProcessedEventRepository
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._transaction: Transaction | None = None
-        self._proxy: PoolConnectionProxy | None = None
 
     async def __aenter__(self) -> Self:
-        self._proxy = await self._pool.acquire()
-        self.connection = self._proxy  # type: ignore[assignment]
+        self.connection = await self._pool.acquire()
+        self._transaction = self.connection.transaction()
         try:
-            self._transaction = self.connection.transaction()
             await self._transaction.start()
         except BaseException:
-            await self._release()
+            await self._pool.release(self.connection)
             raise
         self.markets = MarketRepository(self.connection)
         self.idempotency = IdempotencyRepository(self.connection)
+        self.processed_events = ProcessedEventRepository(self.connection)
         return self
 
     async def __aexit__(
@@ -46,11 +47,12 @@ class UnitOfWork:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        transaction, self._transaction = self._transaction, None
         try:
-            if self._transaction is not None and not self.connection.is_closed():
-                await self._transaction.rollback()
+            if transaction is not None and not self.connection.is_closed():
+                await transaction.rollback()
         finally:
-            await self._release()
+            await self._pool.release(self.connection)
 
     async def enqueue(self, stream: str, events: Sequence[outbox.EventEnvelope]) -> set[str]:
         """Events to publish on `stream` once this transaction commits."""
@@ -60,8 +62,3 @@ class UnitOfWork:
         assert self._transaction is not None, "commit outside `async with`"
         await self._transaction.commit()
         self._transaction = None
-
-    async def _release(self) -> None:
-        proxy, self._proxy, self._transaction = self._proxy, None, None
-        if proxy is not None:
-            await self._pool.release(proxy)

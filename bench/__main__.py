@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import relay
+from bench import consumer, relay
 from bench.support import BenchEnv
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -30,6 +30,10 @@ async def run(quick: bool) -> dict[str, Any]:
             drain["events_per_s"] / drain["postgres_limit_events_per_s"]
         )
         latency = await relay.commit_to_xadd_latency(env, 1000, 5 if quick else 20)
+        decisions = 10_000 if quick else 40_000
+        consumers = [
+            await consumer.decisions_per_second(env, processes, decisions) for processes in (1, 2)
+        ]
     return {
         "machine": {
             "cpus": os.cpu_count(),
@@ -40,11 +44,13 @@ async def run(quick: bool) -> dict[str, Any]:
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "relay_drain": drain,
         "relay_latency": latency,
+        "consumer": consumers,
     }
 
 
 def table(results: dict[str, Any]) -> str:
     drain, latency = results["relay_drain"], results["relay_latency"]
+    one, two = results["consumer"]
     rows = [
         ("figure", "value", "target"),
         (
@@ -64,6 +70,17 @@ def table(results: dict[str, Any]) -> str:
             "",
         ),
         ("relay commit->XADD, p99", f"{latency['p99_ms']:.1f} ms", "<= 20 ms"),
+        (
+            f"consumer, 1 process, {one['decisions']:,} decisions",
+            f"{one['decisions_per_s']:,.0f} decisions/s",
+            "",
+        ),
+        ("consumer, 2 processes", f"{two['decisions_per_s']:,.0f} decisions/s", ">= 5,000/s"),
+        (
+            "consumer peak RSS (largest process)",
+            f"{max(one['peak_rss_mb'], two['peak_rss_mb']):.0f} MB",
+            "<= 100 MB",
+        ),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [

@@ -14,6 +14,14 @@ from tests.conftest import DATABASE_URL, TABLES, run_migrations, service_env
 from tests.support.redis_server import RedisServer
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(f"no VmHWM for process {pid}")
+
+
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(0, math.ceil(pct / 100 * len(ordered)) - 1)

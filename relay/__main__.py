@@ -9,8 +9,8 @@ from datetime import datetime
 
 import asyncpg
 
+from app.process import start_process
 from relay import outbox_relay
-from relay.process import start_process
 
 log = logging.getLogger("relay")
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import asyncpg
 
+from app.backoff import Backoff, sleep_unless
 from app.db import RETRYABLE_ERRORS, UNAVAILABLE_ERRORS
-from relay.backoff import Backoff, sleep_unless
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,14 @@ import redis.asyncio as redis
 from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
+from app.backoff import Backoff
 from app.db import RETRYABLE_ERRORS, create_pool
+from app.process import stop_on_signals
 from app.redis_client import connect_redis
 from app.settings import Settings
 from outbox import NOTIFY_CHANNEL
 from outbox.writer import Connection
-from relay.backoff import Backoff
 from relay.leadership import Leadership
-from relay.process import stop_on_signals
 from relay.publisher import RedisLostData, StreamPublisher
 
 log = logging.getLogger("relay.outbox")

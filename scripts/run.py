@@ -13,6 +13,7 @@ import sys
 PROCESSES: dict[str, list[str]] = {
     "api": ["-m", "app"],
     "relay": ["-m", "relay"],
+    "consumer": ["-m", "app.approvals"],
 }
 COLOURS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m"]
 RESET = "\033[0m"

@@ -103,54 +103,47 @@ def start_local_postgres(url: str) -> None:
     parts = urlsplit(url)
     if parts.hostname not in LOCAL_HOSTS:
         raise ServiceError(f"PostgreSQL at {parts.hostname}:{parts.port} does not answer")
+    start_postgres(PG_DIR, parts.port or 5432, parts.username or "postgres")
+
+
+def start_postgres(home: Path, port: int, superuser: str = "postgres") -> None:
+    """A throw-away cluster in `home` (created on first use) serving 127.0.0.1:`port`."""
     bin_dir = _pg_binaries()
-    data = PG_DIR / "data"
-    PG_DIR.mkdir(parents=True, exist_ok=True)
+    data = home / "data"
+    home.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
-        shutil.chown(PG_DIR, "postgres", "postgres")
+        shutil.chown(home, "postgres", "postgres")
     if not (data / "PG_VERSION").exists():
         say(f"initialising a throw-away PostgreSQL cluster in {data}")
+        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", superuser, "--auth=trust"]
         subprocess.run(
-            _as_server_user(
-                [
-                    str(bin_dir / "initdb"),
-                    "-D",
-                    str(data),
-                    "-U",
-                    parts.username or "postgres",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                ]
-            ),
+            _as_server_user([*initdb, "-E", "UTF8", "--locale=C"]),
             check=True,
             stdout=subprocess.DEVNULL,
         )
-    port = parts.port or 5432
     # Throw-away data: durability settings traded for speed.
     options = (
-        f"-p {port} -c listen_addresses=127.0.0.1 -k {PG_DIR} -c fsync=off "
+        f"-p {port} -c listen_addresses=127.0.0.1 -k {home} -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     )
     say(f"starting PostgreSQL on 127.0.0.1:{port} from {bin_dir}")
+    pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(home / "server.log")]
     subprocess.run(
-        _as_server_user(
-            [
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(PG_DIR / "server.log"),
-                "-o",
-                options,
-                "-w",
-                "start",
-            ]
-        ),
+        _as_server_user([*pg_ctl, "-o", options, "-w", "start"]),
         check=True,
         stdout=subprocess.DEVNULL,
     )
+
+
+def stop_postgres(home: Path) -> None:
+    data = home / "data"
+    if (data / "postmaster.pid").exists():
+        pg_ctl = str(_pg_binaries() / "pg_ctl")
+        subprocess.run(
+            _as_server_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]),
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
 
 
 async def ensure_databases(url: str, names: list[str]) -> None:
@@ -244,13 +237,7 @@ async def up() -> None:
 
 def down() -> None:
     """Stop the throw-away servers this script started; leaves other servers alone."""
-    data = PG_DIR / "data"
-    if (data / "postmaster.pid").exists():
-        bin_dir = _pg_binaries()
-        subprocess.run(
-            _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-            check=False,
-        )
+    stop_postgres(PG_DIR)
     pidfile = REDIS_DIR / "redis.pid"
     if pidfile.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):

@@ -16,7 +16,9 @@ import redis.asyncio as redis
 
 from app.settings import load_settings
 from scripts.services import test_database_url
+from tests.support.flow import Flow
 from tests.support.processes import ROOT, ManagedProcess, start_api
+from tests.support.redis_server import RedisServer
 
 _settings = load_settings()
 DATABASE_URL = test_database_url(_settings.database_url)
@@ -100,3 +102,19 @@ async def client(api: str, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncC
 
 
 __all__ = ["ManagedProcess", "run_migrations", "service_env"]
+
+
+@pytest.fixture
+async def flow(db: asyncpg.Connection, log_dir: Path) -> AsyncIterator[Flow]:
+    """The test database, a Redis server of the test's own, and the processes it starts."""
+    server = RedisServer()
+    server.start()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    harness = Flow(db, server, client, log_dir, service_env())
+    try:
+        yield harness
+    finally:
+        for process in harness.processes:
+            process.kill()
+        await client.aclose()
+        server.stop()

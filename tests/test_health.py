@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from tests.conftest import service_env
+from tests.support.markets import REGISTER, seed_body
 from tests.support.processes import free_port, start_api
-from tests.test_register import REGISTER, seed_body
 
 
 async def test_health_answers_ok(client: httpx.AsyncClient) -> None:

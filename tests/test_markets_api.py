@@ -7,7 +7,7 @@ import uuid
 import asyncpg
 import httpx
 
-from tests.test_register import REGISTER, seed_body
+from tests.support.markets import REGISTER, seed_body
 
 
 async def test_a_registered_market_is_returned_with_its_asset_and_approval_state(

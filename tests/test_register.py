@@ -11,23 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-REGISTER = "/api/v1/markets/register"
-
-
-def seed_body(**changes: Any) -> dict[str, Any]:
-    """The seed's register example, with real UUIDs."""
-    body: dict[str, Any] = {
-        "name": "Test Market",
-        "issuerId": "9b2f7c1e-1111-4a5b-8c9d-0123456789ab",
-        "assetType": "real_estate",
-        "tokenSymbol": "TEST",
-        "tokenName": "Test Token",
-        "totalSupply": 1000000,
-        "entityId": "9b2f7c1e-2222-4a5b-8c9d-0123456789ab",
-        "assetDetails": {},
-    }
-    body.update(changes)
-    return body
+from tests.support.markets import REGISTER, seed_body
 
 
 async def counts(db: asyncpg.Connection) -> tuple[int, int, int]:

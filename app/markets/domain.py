@@ -106,8 +106,8 @@ def register_market(
     # Supplies above 2**53 lose precision in many JSON readers: events carry them as text.
     snapshot["asset"]["total_supply"] = str(asset.total_supply)
     events = [
-        _market_event("market.registered", market, now, context, snapshot),
-        _market_event(
+        market_event("market.registered", market, now, context, snapshot),
+        market_event(
             "market.approval_requested",
             market,
             now,
@@ -125,7 +125,7 @@ def register_market(
     return registration, events
 
 
-def _market_event(
+def market_event(
     event_type: str,
     market: Market,
     now: datetime,

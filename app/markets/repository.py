@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
 import msgspec
 
-from app.markets.domain import Asset, Market, Registration
+from app.markets.domain import Asset, AssetType, Market, MarketStatus, Registration
+from outbox.writer import Connection
 
 
 class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -21,18 +23,17 @@ class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True):
     processed_at: datetime
 
 
-_SELECT_REGISTRATION = """
+_SELECT_REGISTRATIONS = """
 SELECT m.id, m.name, m.issuer_id, m.entity_id, m.status, m.rejection_reason, m.decided_by,
        m.decided_at, m.created_at, m.updated_at,
        a.id AS asset_id, a.asset_type, a.token_symbol, a.token_name, a.total_supply,
        a.asset_details
 FROM markets m JOIN assets a ON a.market_id = m.id
-WHERE m.id = $1
 """
 
 
 class MarketRepository:
-    def __init__(self, connection: asyncpg.Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
     async def add(self, registration: Registration) -> None:
@@ -63,15 +64,67 @@ class MarketRepository:
         )
 
     async def get(self, market_id: uuid.UUID) -> Registration | None:
-        row = await self._connection.fetchrow(_SELECT_REGISTRATION, market_id)
-        if row is None:
-            return None
+        row = await self._connection.fetchrow(_SELECT_REGISTRATIONS + " WHERE m.id = $1", market_id)
+        return None if row is None else self._registration(row)
+
+    async def lock_many(self, market_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Registration]:
+        """Markets with their rows locked until the transaction ends, taken in id order.
+
+        Every writer of a market holds its row, so a market's events commit in order;
+        locking in id order keeps two transactions from deadlocking.
+        """
+        if not market_ids:
+            return {}
+        rows = await self._connection.fetch(
+            _SELECT_REGISTRATIONS + " WHERE m.id = ANY($1) ORDER BY m.id FOR UPDATE OF m",
+            sorted(market_ids),
+        )
+        return {row["id"]: self._registration(row) for row in rows}
+
+    async def save_decisions(self, markets: Sequence[Market]) -> None:
+        await self._connection.execute(
+            """
+            UPDATE markets AS m
+            SET status = d.status, rejection_reason = d.rejection_reason,
+                decided_by = d.decided_by, decided_at = d.decided_at, updated_at = d.updated_at
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                        $6::timestamptz[])
+                 AS d(id, status, rejection_reason, decided_by, decided_at, updated_at)
+            WHERE m.id = d.id
+            """,
+            [m.id for m in markets],
+            [m.status.value for m in markets],
+            [m.rejection_reason for m in markets],
+            [m.decided_by for m in markets],
+            [m.decided_at for m in markets],
+            [m.updated_at for m in markets],
+        )
+
+    async def record_approvals(self, records: Sequence[tuple[uuid.UUID, ApprovalRecord]]) -> None:
+        await self._connection.execute(
+            """
+            INSERT INTO market_approval_events (market_id, event_id, decision, actor_id, reason,
+                                                occurred_at, processed_at)
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::timestamptz[], $7::timestamptz[])
+            """,
+            [market_id for market_id, _ in records],
+            [r.event_id for _, r in records],
+            [r.decision for _, r in records],
+            [r.actor_id for _, r in records],
+            [r.reason for _, r in records],
+            [r.occurred_at for _, r in records],
+            [r.processed_at for _, r in records],
+        )
+
+    @staticmethod
+    def _registration(row: asyncpg.Record) -> Registration:
         market = Market(
             id=row["id"],
             name=row["name"],
             issuer_id=row["issuer_id"],
             entity_id=row["entity_id"],
-            status=row["status"],
+            status=MarketStatus(row["status"]),
             rejection_reason=row["rejection_reason"],
             decided_by=row["decided_by"],
             decided_at=row["decided_at"],
@@ -81,7 +134,7 @@ class MarketRepository:
         asset = Asset(
             id=row["asset_id"],
             market_id=row["id"],
-            asset_type=row["asset_type"],
+            asset_type=AssetType(row["asset_type"]),
             token_symbol=row["token_symbol"],
             token_name=row["token_name"],
             total_supply=int(row["total_supply"]),

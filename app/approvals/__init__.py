@@ -1,0 +1,1 @@
+"""Approvals: decisions of Entity Permissions Core applied to markets, exactly once."""

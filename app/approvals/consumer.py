@@ -1,0 +1,342 @@
+"""`make consume`: apply the decisions on entity-permissions:events, each exactly once.
+
+Any number of these processes may run, each a consumer of group `market-approvals`
+named `<host>-<slot>`. Each turn of the loop first claims entries another consumer
+(or a previous life of this one) left idle for CLAIM_IDLE_MS, then reads new ones; on
+start it first re-reads its own pending entries. An entry is acknowledged only after
+the transaction that applied it commits. One that keeps failing is copied to
+entity-permissions:events:dead after MAX_DELIVERIES and recorded `failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any, Final, cast
+
+import asyncpg
+import msgspec
+import redis.asyncio as redis
+
+from app.approvals import service
+from app.approvals.domain import Status
+from app.approvals.service import Delivery
+from app.backoff import Backoff
+from app.db import UNAVAILABLE_ERRORS, create_pool
+from app.process import stop_on_signals
+from app.redis_client import connect_redis
+from app.settings import Settings
+from app.unit_of_work import UnitOfWork
+from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, EventEnvelope
+
+log = logging.getLogger("approvals.consumer")
+
+GROUP: Final = "market-approvals"
+STREAM: Final = ENTITY_PERMISSIONS_EVENTS
+
+# Worth retrying in place, without counting a delivery: the database is away or busy.
+TRANSIENT_ERRORS: Final[tuple[type[Exception], ...]] = (
+    *UNAVAILABLE_ERRORS,
+    asyncpg.InterfaceError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.QueryCanceledError,
+)
+RETRY_IN_PLACE: Final[tuple[type[Exception], ...]] = (
+    *TRANSIENT_ERRORS,
+    service.ConcurrentlyRecorded,
+)
+
+
+class Entry(msgspec.Struct):
+    id: str
+    fields: dict[str, str] | None  # None: the entry was trimmed or deleted from the stream
+    deliveries: int = 1
+
+
+class ApprovalConsumer:
+    def __init__(
+        self, settings: Settings, pool: asyncpg.Pool, client: redis.Redis, stop: asyncio.Event
+    ) -> None:
+        self.settings = settings
+        self.name = settings.consumer_name or f"{socket.gethostname()}-{settings.consumer_slot}"
+        self._pool = pool
+        self._redis = client
+        self._stop = stop
+        self._redis_backoff = Backoff("Redis", log)
+        self._postgres_backoff = Backoff("PostgreSQL", log)
+        self._next_claim = 0.0
+        self._claim_cursor = "0-0"
+        self.applied: defaultdict[str, int] = defaultdict(int)
+
+    async def run(self) -> None:
+        log.info("consuming %s as %s in group %s", STREAM, self.name, GROUP)
+        own_pending = True
+        while not self._stop.is_set():
+            try:
+                if own_pending:
+                    # After a restart, first what this consumer was given and never acked.
+                    entries = await self._read("0")
+                    own_pending = bool(entries)
+                else:
+                    entries = await self._claim_idle() or await self._read(">")
+                self._redis_backoff.succeeded()
+            except redis.ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                await self._create_group(recreated=True)
+                continue
+            except redis.RedisError as error:
+                await self._redis_backoff.wait_after(error, self._stop)
+                continue
+            if entries:
+                await self._process(entries)
+        log.info("stopped", extra={"applied": dict(self.applied)})
+
+    async def ensure_group(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self._create_group(recreated=False)
+                self._redis_backoff.succeeded()
+                return
+            except redis.RedisError as error:
+                await self._redis_backoff.wait_after(error, self._stop)
+
+    async def _create_group(self, *, recreated: bool) -> None:
+        try:
+            await self._redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+            return
+        if recreated:
+            log.warning("group %s was missing (Redis lost its data?); created it again at 0", GROUP)
+
+    async def _read(self, start: str) -> list[Entry]:
+        block = None if start != ">" else self.settings.consumer_block_ms
+        # RESP2 replies: [(stream, [(entry id, fields), ...])]
+        reply = cast(
+            "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
+            await self._redis.xreadgroup(
+                GROUP,
+                self.name,
+                {STREAM: start},
+                count=self.settings.consumer_batch_size,
+                block=block,
+            ),
+        )
+        if not reply:
+            return []
+        [(_, messages)] = reply
+        entries = [Entry(entry_id, fields or None) for entry_id, fields in messages]
+        if start != ">":
+            await self._count_deliveries(entries)
+        return entries
+
+    async def _claim_idle(self) -> list[Entry]:
+        """Entries idle in any consumer for CLAIM_IDLE_MS: their consumer died or failed."""
+        now = time.monotonic()
+        if now < self._next_claim:
+            return []
+        self._next_claim = now + min(1.0, self.settings.claim_idle_ms / 2000)
+        cursor, messages, deleted = await self._redis.xautoclaim(
+            STREAM,
+            GROUP,
+            self.name,
+            min_idle_time=self.settings.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=self.settings.consumer_batch_size,
+        )
+        self._claim_cursor = cursor
+        if deleted:
+            log.warning("%d pending entries had been trimmed from the stream", len(deleted))
+        entries = [Entry(entry_id, fields or None) for entry_id, fields in messages]
+        await self._count_deliveries(entries)
+        return entries
+
+    async def _count_deliveries(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        pending = await self._redis.xpending_range(
+            STREAM, GROUP, min=entries[0].id, max=entries[-1].id, count=len(entries) * 2
+        )
+        counts = {item["message_id"]: item["times_delivered"] for item in pending}
+        for entry in entries:
+            entry.deliveries = int(counts.get(entry.id, entry.deliveries))
+
+    async def _process(self, entries: list[Entry]) -> None:
+        """Apply a batch: groups of markets in parallel, each market's entries in order."""
+        done: list[str] = []
+        readable: list[tuple[Entry, Delivery]] = []
+        for entry in entries:
+            if entry.fields is None:
+                log.warning("entry %s is gone from the stream; acknowledging it", entry.id)
+                done.append(entry.id)
+                continue
+            try:
+                envelope = EventEnvelope.from_stream_fields(entry.fields)
+            except msgspec.ValidationError as error:
+                delivery = Delivery(_unreadable(entry, error), entry.deliveries)
+                if await self._record_failure(delivery, f"unreadable entry: {error}"):
+                    done.append(entry.id)
+                continue
+            readable.append((entry, Delivery(envelope, entry.deliveries)))
+        # Enough entries per transaction to share its commit, as many transactions as
+        # allowed; one market's entries always fall in the same group, in stream order.
+        groups = min(self.settings.consumer_concurrency, max(1, len(readable) // 32))
+        partitions: list[list[tuple[Entry, Delivery]]] = [[] for _ in range(groups)]
+        for item in readable:
+            partitions[hash(item[1].envelope.aggregate_id) % groups].append(item)
+        for acked in await asyncio.gather(*(self._apply(part) for part in partitions if part)):
+            done.extend(acked)
+        await self._ack(done)
+
+    async def _apply(self, items: list[tuple[Entry, Delivery]]) -> list[str]:
+        """Apply entries in one transaction; returns the ids that may be acknowledged.
+
+        Should the transaction fail for a reason other than the database being away, the
+        entries are applied one by one, to set aside the one that fails.
+        """
+        try:
+            statuses = await self._retrying([d for _, d in items])
+        except Exception as error:
+            log.debug("batch of %d failed (%r); applying one by one", len(items), error)
+            return await self._apply_one_by_one(items)
+        if statuses is None:
+            return []  # stopping: left pending for the next consumer
+        self._count(statuses)
+        return [entry.id for entry, _ in items]
+
+    async def _apply_one_by_one(self, items: list[tuple[Entry, Delivery]]) -> list[str]:
+        acked: list[str] = []
+        blocked: set[str] = set()  # markets whose earlier entry must be applied first
+        for entry, delivery in items:
+            market = delivery.envelope.aggregate_id
+            if market in blocked:
+                continue
+            try:
+                statuses = await self._retrying([delivery])
+            except Exception as error:
+                if await self._poisoned(entry, delivery, error):
+                    acked.append(entry.id)
+                else:
+                    blocked.add(market)
+                continue
+            if statuses is None:
+                break
+            self._count(statuses)
+            acked.append(entry.id)
+        return acked
+
+    async def _retrying(self, deliveries: list[Delivery]) -> list[Status | None] | None:
+        """apply_events, retried in place while PostgreSQL is away; None when stopping."""
+        while not self._stop.is_set():
+            try:
+                statuses = await service.apply_events(UnitOfWork(self._pool), deliveries)
+            except RETRY_IN_PLACE as error:
+                await self._postgres_backoff.wait_after(error, self._stop)
+                continue
+            self._postgres_backoff.succeeded()
+            return statuses
+        return None
+
+    def _count(self, statuses: list[Status | None]) -> None:
+        for status in statuses:
+            self.applied["duplicate" if status is None else status.value] += 1
+
+    async def _poisoned(self, entry: Entry, delivery: Delivery, error: Exception) -> bool:
+        """An entry failed: True once it is dead-lettered (then it may be acknowledged)."""
+        reason = f"{type(error).__name__}: {error}"
+        log.warning(
+            "entry %s failed (delivery %d of %d): %s",
+            entry.id,
+            entry.deliveries,
+            self.settings.max_deliveries,
+            reason,
+            extra={"event_id": delivery.envelope.event_id},
+        )
+        if entry.deliveries < self.settings.max_deliveries:
+            return False
+        await self._dead_letter(entry, reason)
+        return await self._record_failure(delivery, reason)
+
+    async def _dead_letter(self, entry: Entry, reason: str) -> None:
+        fields: dict[Any, Any] = {
+            **(entry.fields or {}),
+            "original_id": entry.id,
+            "delivery_count": str(entry.deliveries),
+            "last_error": reason,
+            "consumer": self.name,
+        }
+        await self._redis.xadd(ENTITY_PERMISSIONS_DEAD, fields)
+        log.error(
+            "entry %s dead-lettered after %d deliveries: %s", entry.id, entry.deliveries, reason
+        )
+
+    async def _record_failure(self, delivery: Delivery, reason: str) -> bool:
+        clean = Delivery(_clean(delivery.envelope), delivery.attempts)
+        while not self._stop.is_set():
+            try:
+                await service.record_failure(UnitOfWork(self._pool), clean, reason)
+            except TRANSIENT_ERRORS as error:
+                await self._postgres_backoff.wait_after(error, self._stop)
+                continue
+            self.applied["failed"] += 1
+            return True
+        return False
+
+    async def _ack(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        try:
+            await self._redis.xack(STREAM, GROUP, *ids)
+        except redis.RedisError as error:
+            # Not acknowledged: redelivered later, then dropped as duplicates.
+            log.warning("could not acknowledge %d entries: %r", len(ids), error)
+
+
+def _unreadable(entry: Entry, error: Exception) -> EventEnvelope:
+    """An envelope for the record of an entry that could not be read as one."""
+    fields = entry.fields or {}
+    return EventEnvelope(
+        event_id=fields.get("event_id") or f"stream-entry:{entry.id}",
+        event_type=fields.get("event_type", "unknown"),
+        source=fields.get("source", "unknown"),
+        aggregate_type=fields.get("aggregate_type", "unknown"),
+        aggregate_id=fields.get("aggregate_id", ""),
+        occurred_at=_entry_time(entry.id),
+        payload={"fields": fields, "error": str(error)},
+    )
+
+
+def _entry_time(entry_id: str) -> datetime:
+    return datetime.fromtimestamp(int(entry_id.split("-", 1)[0]) / 1000, UTC)
+
+
+def _clean(envelope: EventEnvelope) -> EventEnvelope:
+    """PostgreSQL text and jsonb cannot hold NUL characters; keep them visible instead."""
+    encoded = msgspec.json.encode(envelope).replace(b"\\u0000", b"\\\\u0000")
+    return msgspec.json.decode(encoded, type=EventEnvelope)
+
+
+async def run(settings: Settings) -> None:
+    stop = stop_on_signals()
+    pool = await create_pool(settings, max_size=settings.consumer_concurrency + 2)
+    # BLOCK stays well below the socket time-out, so a blocking read is never cut.
+    client = connect_redis(
+        settings.redis_url,
+        "approvals",
+        socket_timeout=settings.consumer_block_ms / 1000 + 5,
+        decode_responses=True,
+    )
+    consumer = ApprovalConsumer(settings, pool, client, stop)
+    try:
+        await consumer.ensure_group()
+        await consumer.run()
+    finally:
+        await client.aclose()
+        await pool.close()

@@ -1,0 +1,142 @@
+"""What a decision does to a market, free of Redis and PostgreSQL.
+
+Each inbound event ends in one of the seed's statuses: `success` (the market changed),
+`skipped` (nothing to change: already decided, or an event type we do not act on) or
+`failed` (it cannot be applied: invalid payload, unknown market).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from app.markets.domain import Asset, Market, MarketStatus, market_event
+from outbox import EventEnvelope
+
+APPROVED = "market.approved"
+REJECTED = "market.rejected"
+DECISION_OF_EVENT = {APPROVED: "approved", REJECTED: "rejected"}
+
+
+class Status(enum.StrEnum):
+    SUCCESS = "success"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class DecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's payload: {market_id, entity_id, decision, reason?}."""
+
+    market_id: uuid.UUID
+    decision: Literal["approved", "rejected"]
+    entity_id: uuid.UUID | None = None
+    reason: str | None = None
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    market_id: uuid.UUID
+    approved: bool
+    entity_id: uuid.UUID | None
+    reason: str | None
+    actor_id: str | None
+    occurred_at: datetime
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome for one event: its status, why, and what changes if it succeeded."""
+
+    status: Status
+    error: str | None = None
+    market: Market | None = None
+    events: list[EventEnvelope] = msgspec.field(default_factory=list)
+
+
+class InvalidDecision(ValueError):
+    """The event cannot be read as a decision; it is recorded `failed`."""
+
+
+def read_decision(envelope: EventEnvelope) -> Decision | None:
+    """The decision an inbound event carries; None for event types we do not act on."""
+    expected = DECISION_OF_EVENT.get(envelope.event_type)
+    if expected is None:
+        return None
+    try:
+        payload = msgspec.convert(envelope.payload, DecisionPayload)
+    except msgspec.ValidationError as error:
+        raise InvalidDecision(f"invalid payload: {error}") from error
+    if payload.decision != expected:
+        raise InvalidDecision(
+            f"invalid payload: decision {payload.decision!r} contradicts {envelope.event_type}"
+        )
+    actor = envelope.context.get("actor_id")
+    return Decision(
+        event_id=envelope.event_id,
+        market_id=payload.market_id,
+        approved=payload.decision == "approved",
+        entity_id=payload.entity_id,
+        reason=payload.reason,
+        actor_id=str(actor) if actor is not None else None,
+        occurred_at=envelope.occurred_at,
+    )
+
+
+def decide(decision: Decision, market: Market, asset: Asset, now: datetime) -> Verdict:
+    """Apply a decision to a market awaiting one; anything else is skipped or failed."""
+    if decision.entity_id is not None and decision.entity_id != market.entity_id:
+        return Verdict(
+            status=Status.FAILED,
+            error=f"entity_id {decision.entity_id} is not the market's ({market.entity_id})",
+        )
+    if market.status == MarketStatus.REJECTED and decision.approved:
+        return Verdict(status=Status.SKIPPED, error="approval after rejection: market rejected")
+    if market.status != MarketStatus.PENDING_APPROVAL:
+        return Verdict(status=Status.SKIPPED, error=f"market already decided: {market.status}")
+    decided = msgspec.structs.replace(
+        market,
+        status=MarketStatus.ACTIVE if decision.approved else MarketStatus.REJECTED,
+        rejection_reason=None if decision.approved else decision.reason,
+        decided_by=decision.actor_id,
+        decided_at=now,
+        updated_at=now,
+    )
+    context = {"causation_id": decision.event_id, "actor_id": decision.actor_id}
+    common = {
+        "market_id": str(market.id),
+        "entity_id": str(market.entity_id),
+        "decided_by": decision.actor_id,
+        "decided_at": _timestamp(now),
+    }
+    if decision.approved:
+        events = [
+            market_event("market.activated", market, now, context, common),
+            market_event(
+                "token.deployment_requested",
+                market,
+                now,
+                context,
+                {
+                    "market_id": str(market.id),
+                    "issuer_id": str(market.issuer_id),
+                    "asset_type": asset.asset_type.value,
+                    "token_symbol": asset.token_symbol,
+                    "token_name": asset.token_name,
+                    "total_supply": str(asset.total_supply),
+                },
+            ),
+        ]
+    else:
+        events = [
+            market_event(
+                "market.rejected", market, now, context, {**common, "reason": decision.reason}
+            )
+        ]
+    return Verdict(status=Status.SUCCESS, market=decided, events=events)
+
+
+def _timestamp(moment: datetime) -> str:
+    return str(msgspec.to_builtins(moment))

@@ -1,0 +1,165 @@
+"""processed_events: every inbound event and what became of it (the seed's repository).
+
+The unique event_id is the dedup of the whole flow: a row is written in the same
+transaction as the change the event causes, so an event changes state at most once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from app.approvals.domain import Status
+from outbox.writer import Connection
+
+_encode = msgspec.json.Encoder().encode
+
+_COLUMNS = (
+    "event_id, event_type, source, processing_status, processing_error, payload, "
+    "received_at, processed_at, attempts"
+)
+
+
+class ProcessedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    event_type: str
+    source: str
+    processing_status: Status
+    processing_error: str | None
+    payload: dict[str, Any]
+    received_at: datetime
+    processed_at: datetime | None
+    attempts: int
+
+
+class ProcessedEventRow(msgspec.Struct, frozen=True, kw_only=True):
+    """An outcome to record."""
+
+    event_id: str
+    event_type: str
+    source: str
+    status: Status
+    error: str | None
+    payload: dict[str, Any]
+    attempts: int = 1
+    received_at: datetime | None = None  # default: now
+
+
+class ProcessedEventRepository:
+    def __init__(self, connection: Connection | asyncpg.Pool) -> None:
+        self._db = connection
+
+    async def is_event_processed(self, event_id: str) -> bool:
+        found = await self._db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)", event_id
+        )
+        return bool(found)
+
+    async def record_processed_event(self, row: ProcessedEventRow) -> bool:
+        """Record an event's outcome; False when its event_id is already recorded."""
+        return bool(await self.record_processed_events([row]))
+
+    async def record_processed_events(self, rows: Sequence[ProcessedEventRow]) -> set[str]:
+        """Record many outcomes in one statement; returns the event_ids that were new.
+
+        Rows are inserted in event_id order, so that two transactions recording some of
+        the same events wait for each other instead of deadlocking.
+        """
+        ordered = sorted(rows, key=lambda row: row.event_id)
+        inserted = await self._db.fetch(
+            """
+            INSERT INTO processed_events (event_id, event_type, source, processing_status,
+                                          processing_error, payload, received_at,
+                                          processed_at, attempts)
+            SELECT r.event_id, r.event_type, r.source, r.status, r.error, r.payload::jsonb,
+                   coalesce(r.received_at, now()), now(), r.attempts
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                        $6::text[], $7::timestamptz[], $8::int[]) WITH ORDINALITY
+                 AS r(event_id, event_type, source, status, error, payload, received_at,
+                      attempts, position)
+            ORDER BY r.position
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING event_id
+            """,
+            [row.event_id for row in ordered],
+            [row.event_type for row in ordered],
+            [row.source for row in ordered],
+            [row.status.value for row in ordered],
+            [row.error for row in ordered],
+            [_encode(row.payload).decode() for row in ordered],
+            [row.received_at for row in ordered],
+            [row.attempts for row in ordered],
+        )
+        return {record["event_id"] for record in inserted}
+
+    async def find_processed_event_by_id(self, event_id: str) -> ProcessedEvent | None:
+        row = await self._db.fetchrow(
+            f"SELECT {_COLUMNS} FROM processed_events WHERE event_id = $1",  # noqa: S608
+            event_id,
+        )
+        return None if row is None else ProcessedEvent(**dict(row))
+
+    async def list_processed_events(
+        self,
+        *,
+        status: Status | None = None,
+        event_type: str | None = None,
+        source: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[ProcessedEvent]:
+        """Newest first, filtered by any of status, type, source and a received_at window."""
+        rows = await self._db.fetch(
+            f"""
+            SELECT {_COLUMNS} FROM processed_events
+            WHERE ($1::text IS NULL OR processing_status = $1)
+              AND ($2::text IS NULL OR event_type = $2)
+              AND ($3::text IS NULL OR source = $3)
+              AND ($4::timestamptz IS NULL OR received_at >= $4)
+              AND ($5::timestamptz IS NULL OR received_at < $5)
+            ORDER BY received_at DESC, id DESC
+            LIMIT $6 OFFSET $7
+            """,  # noqa: S608 - the only interpolation is a constant column list
+            status.value if status else None,
+            event_type,
+            source,
+            since,
+            until,
+            limit,
+            offset,
+        )
+        return [ProcessedEvent(**dict(row)) for row in rows]
+
+    async def get_failed_events_count(self, window: timedelta = timedelta(hours=24)) -> int:
+        count = await self._db.fetchval(
+            """
+            SELECT count(*) FROM processed_events
+            WHERE processing_status = 'failed' AND processed_at >= $1
+            """,
+            datetime.now(UTC) - window,
+        )
+        return int(count)
+
+    async def delete_old_processed_events(self, older_than: datetime, batch: int = 1000) -> int:
+        """Delete events received before `older_than`, a small transaction at a time."""
+        deleted = 0
+        while True:
+            status = await self._db.execute(
+                """
+                DELETE FROM processed_events WHERE id IN (
+                    SELECT id FROM processed_events WHERE received_at < $1 LIMIT $2
+                )
+                """,
+                older_than,
+                batch,
+            )
+            count = int(status.split()[-1])
+            deleted += count
+            if count < batch:
+                return deleted

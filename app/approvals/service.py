@@ -1,0 +1,162 @@
+"""Apply inbound events in one transaction: record them, change markets, enqueue.
+
+A batch of events is applied in one transaction (one commit for many decisions, which
+is what lets a consumer keep up): markets are locked in id order, each market's
+decisions are folded in stream order, and every event is recorded in processed_events
+in the same transaction as the change it causes. A duplicate, however it arrives and
+however many consumers run at once, finds its event_id recorded, or finds the market
+already decided once it gets the lock, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from app.approvals.domain import (
+    Decision,
+    InvalidDecision,
+    Status,
+    Verdict,
+    decide,
+    read_decision,
+)
+from app.approvals.processed_events import ProcessedEventRow
+from app.markets.domain import Market, Registration
+from app.markets.repository import ApprovalRecord
+from app.unit_of_work import UnitOfWork
+from outbox import MARKETS_EVENTS, EventEnvelope
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """An event as a consumer received it, with how many times it has been delivered."""
+
+    envelope: EventEnvelope
+    attempts: int = 1
+
+
+class ConcurrentlyRecorded(Exception):
+    """An event judged `success` was recorded by another transaction meanwhile: retry."""
+
+
+async def apply_events(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> list[Status | None]:
+    """Apply each delivery at most once, in order; per delivery its status, None if a duplicate."""
+    unique: dict[str, Delivery] = {}
+    for delivery in deliveries:
+        unique.setdefault(delivery.envelope.event_id, delivery)
+    statuses = await _apply_unique(uow, list(unique.values()))
+    results: list[Status | None] = []
+    for delivery in deliveries:
+        # A copy later in the same batch is a duplicate like any other.
+        results.append(statuses.pop(delivery.envelope.event_id, None))
+    return results
+
+
+async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str, Status | None]:
+    async with uow:
+        judged = [_read(delivery.envelope) for delivery in deliveries]
+        market_ids = sorted({d.market_id for d in judged if isinstance(d, Decision)})
+        markets = await uow.markets.lock_many(market_ids)
+        now = datetime.now(UTC)
+        verdicts: list[Verdict] = []
+        for item in judged:
+            if isinstance(item, Decision):
+                verdict = _judge(item, markets, now)
+                if verdict.market is not None:  # later decisions see this one's effect
+                    current = markets[item.market_id]
+                    markets[item.market_id] = msgspec.structs.replace(
+                        current, market=verdict.market
+                    )
+                verdicts.append(verdict)
+            else:
+                verdicts.append(item)
+        recorded = await uow.processed_events.record_processed_events(
+            [
+                _row(delivery, verdict)
+                for delivery, verdict in zip(deliveries, verdicts, strict=True)
+            ]
+        )
+        statuses: dict[str, Status | None] = {}
+        changed: dict[uuid.UUID, Market] = {}
+        approvals: list[tuple[uuid.UUID, ApprovalRecord]] = []
+        events: list[EventEnvelope] = []
+        for delivery, item, verdict in zip(deliveries, judged, verdicts, strict=True):
+            event_id = delivery.envelope.event_id
+            if event_id not in recorded:
+                if verdict.market is not None:
+                    # Recorded meanwhile without the market's lock (a dead-letter record):
+                    # the fold above is stale, so start again.
+                    raise ConcurrentlyRecorded(event_id)
+                statuses[event_id] = None
+                continue
+            statuses[event_id] = verdict.status
+            if verdict.market is not None and isinstance(item, Decision):
+                changed[verdict.market.id] = verdict.market
+                approvals.append((verdict.market.id, _approval(item, verdict.market)))
+                events.extend(verdict.events)
+        if changed:
+            await uow.markets.save_decisions(list(changed.values()))
+            await uow.markets.record_approvals(approvals)
+            await uow.enqueue(MARKETS_EVENTS, events)
+        await uow.commit()
+    return statuses
+
+
+async def record_failure(uow: UnitOfWork, delivery: Delivery, error: str) -> bool:
+    """Record an event that could not be applied (dead-lettered); False if already recorded."""
+    async with uow:
+        row = _row(delivery, Verdict(status=Status.FAILED, error=error))
+        recorded = await uow.processed_events.record_processed_events([row])
+        await uow.commit()
+    return bool(recorded)
+
+
+def audit_payload(envelope: EventEnvelope) -> dict[str, Any]:
+    """What processed_events keeps of an event: its payload and context, as received."""
+    return {"payload": envelope.payload, "context": envelope.context}
+
+
+def _read(envelope: EventEnvelope) -> Decision | Verdict:
+    """The decision an event carries, or the verdict of one that carries none."""
+    try:
+        decision = read_decision(envelope)
+    except InvalidDecision as invalid:
+        return Verdict(status=Status.FAILED, error=str(invalid))
+    if decision is None:
+        return Verdict(status=Status.SKIPPED, error=f"unknown event type {envelope.event_type!r}")
+    return decision
+
+
+def _judge(decision: Decision, markets: dict[uuid.UUID, Registration], now: datetime) -> Verdict:
+    registration = markets.get(decision.market_id)
+    if registration is None:
+        return Verdict(status=Status.FAILED, error=f"unknown market {decision.market_id}")
+    return decide(decision, registration.market, registration.asset, now)
+
+
+def _row(delivery: Delivery, verdict: Verdict) -> ProcessedEventRow:
+    envelope = delivery.envelope
+    return ProcessedEventRow(
+        event_id=envelope.event_id,
+        event_type=envelope.event_type,
+        source=envelope.source,
+        status=verdict.status,
+        error=verdict.error,
+        payload=audit_payload(envelope),
+        attempts=delivery.attempts,
+    )
+
+
+def _approval(decision: Decision, market: Market) -> ApprovalRecord:
+    return ApprovalRecord(
+        event_id=decision.event_id,
+        decision="approved" if decision.approved else "rejected",
+        actor_id=decision.actor_id,
+        reason=decision.reason,
+        occurred_at=decision.occurred_at,
+        processed_at=market.updated_at,
+    )

@@ -1,0 +1,84 @@
+"""Consumer figures: decisions applied per second with 1 and 2 processes, and their RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.support import BenchEnv, peak_rss_mb
+from outbox import ENTITY_PERMISSIONS_EVENTS, new_event
+from tests.support.processes import ManagedProcess
+
+
+async def seed_pending_markets(env: BenchEnv, count: int) -> list[str]:
+    rows = await env.db.fetch(
+        """
+        WITH new AS (
+            INSERT INTO markets (id, name, issuer_id, entity_id, status)
+            SELECT gen_random_uuid(), 'Bench ' || g, gen_random_uuid(), gen_random_uuid(),
+                   'pending_approval'
+            FROM generate_series(1, $1) AS g
+            RETURNING id
+        ), assets AS (
+            INSERT INTO assets (id, market_id, asset_type, token_symbol, token_name,
+                                total_supply, asset_details)
+            SELECT gen_random_uuid(), id, 'real_estate', 'BENCH', 'Bench', 1000000, '{}'
+            FROM new
+        )
+        SELECT id::text AS id FROM new
+        """,
+        count,
+    )
+    return [row["id"] for row in rows]
+
+
+async def xadd_decisions(env: BenchEnv, market_ids: list[str]) -> None:
+    for start in range(0, len(market_ids), 1000):
+        async with env.redis.pipeline(transaction=False) as pipe:
+            for market_id in market_ids[start : start + 1000]:
+                event = new_event(
+                    event_type="market.approved",
+                    source="entity_permissions_core",
+                    aggregate_type="market",
+                    aggregate_id=market_id,
+                    payload={"market_id": market_id, "decision": "approved"},
+                    context={"actor_id": "bench-admin"},
+                )
+                pipe.xadd(ENTITY_PERMISSIONS_EVENTS, event.stream_fields(0))
+            await pipe.execute()
+
+
+async def decisions_per_second(env: BenchEnv, processes: int, decisions: int) -> dict[str, Any]:
+    """A backlog of `decisions` approvals on the stream, drained by `processes` consumers."""
+    await env.reset()
+    markets = await seed_pending_markets(env, decisions)
+    await xadd_decisions(env, markets)
+    consumers = [
+        ManagedProcess(
+            f"bench-consumer-{processes}-{slot}",
+            ["-m", "app.approvals"],
+            env.process_env(CONSUMER_SLOT=str(slot)),
+            env.log_dir,
+        )
+        for slot in range(processes)
+    ]
+    try:
+        deadline = time.monotonic() + 600
+        while await env.db.fetchval("SELECT count(*) FROM processed_events") < decisions:
+            assert time.monotonic() < deadline, consumers[0].log_tail()
+            await asyncio.sleep(0.2)
+        rss = [peak_rss_mb(c.process.pid) for c in consumers]
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+    span = await env.db.fetchval(
+        "SELECT extract(epoch FROM max(processed_at) - min(processed_at)) FROM processed_events"
+    )
+    return {
+        "processes": processes,
+        "decisions": decisions,
+        "seconds": float(span),
+        "decisions_per_s": decisions / max(float(span), 1e-3),
+        "peak_rss_mb": max(rss),
+    }

@@ -1,0 +1,356 @@
+"""Approval consumers as real processes: each decision applied exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
+from tests.conftest import run_migrations
+from tests.support.flow import Flow, decision_event
+from tests.support.outbox import read_stream, wait_until
+from tests.support.postgres_server import PostgresServer
+
+GROUP = "market-approvals"
+FAST_CLAIMS = {"CLAIM_IDLE_MS": "500"}
+
+
+async def market_of(base_url: str, market_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        response = await http.get(f"/api/v1/markets/{market_id}")
+        assert response.status_code == 200
+        body: dict[str, Any] = response.json()
+        return body
+
+
+async def wait_for_status(db: asyncpg.Connection, market_ids: list[str], status: str) -> None:
+    ids = [uuid.UUID(m) for m in market_ids]
+
+    async def all_there() -> bool:
+        count = await db.fetchval(
+            "SELECT count(*) FROM markets WHERE id = ANY($1) AND status = $2", ids, status
+        )
+        return bool(count == len(ids))
+
+    await wait_until(all_there, 60, f"{len(ids)} markets to become {status}")
+
+
+async def wait_processed(db: asyncpg.Connection, count: int) -> None:
+    async def recorded() -> bool:
+        return bool(await db.fetchval("SELECT count(*) FROM processed_events") >= count)
+
+    await wait_until(recorded, 60, f"{count} processed events")
+
+
+async def pending(flow: Flow) -> int:
+    summary = await flow.stream.xpending(ENTITY_PERMISSIONS_EVENTS, GROUP)
+    return int(summary["pending"])
+
+
+async def outbound_types(flow: Flow, market_id: str) -> list[str]:
+    entries = await read_stream(flow.stream, MARKETS_EVENTS)
+    return [e["event_type"] for e in entries if e["aggregate_id"] == market_id]
+
+
+async def test_an_approval_on_the_stream_activates_the_market(flow: Flow) -> None:
+    _, api = flow.start_api()
+    flow.launch_relay()
+    flow.launch_consumer()
+    [market] = await flow.register_markets(api, 1)
+
+    await flow.enqueue_decisions([decision_event(market["id"], entity_id=market["entityId"])])
+    await wait_for_status(flow.db, [market["id"]], "active")
+
+    detail = await market_of(api, market["id"])
+    assert detail["market"]["status"] == "active"
+    assert detail["market"]["decidedBy"] == "admin-1"
+    assert [h["decision"] for h in detail["approvalHistory"]] == ["approved"]
+    await flow.all_published()
+
+    async def outbound_there() -> bool:
+        return len(await outbound_types(flow, market["id"])) == 4
+
+    await wait_until(outbound_there, 30, "the outbound events on markets:events")
+    assert await outbound_types(flow, market["id"]) == [
+        "market.registered",
+        "market.approval_requested",
+        "market.activated",
+        "token.deployment_requested",
+    ]
+    status = await flow.db.fetchval("SELECT processing_status FROM processed_events")
+    assert status == "success"
+
+
+async def test_a_rejection_stores_its_reason(flow: Flow) -> None:
+    _, api = flow.start_api()
+    flow.launch_relay()
+    flow.launch_consumer()
+    [market] = await flow.register_markets(api, 1)
+
+    await flow.enqueue_decisions([decision_event(market["id"], "rejected", reason="KYC failed")])
+    await wait_for_status(flow.db, [market["id"]], "rejected")
+
+    detail = await market_of(api, market["id"])
+    assert detail["market"]["rejectionReason"] == "KYC failed"
+    await flow.all_published()
+
+    async def rejected_there() -> bool:
+        return "market.rejected" in await outbound_types(flow, market["id"])
+
+    await wait_until(rejected_there, 30, "market.rejected on markets:events")
+
+
+async def test_outcomes_follow_the_seed_statuses(flow: Flow) -> None:
+    _, api = flow.start_api()
+    flow.launch_relay()
+    flow.launch_consumer()
+    approved, rejected = (m["id"] for m in await flow.register_markets(api, 2))
+    events = [
+        decision_event(approved, event_id="ok-1"),
+        decision_event(approved, event_id="again-1"),
+        decision_event(rejected, "rejected", event_id="no-1", reason="incomplete"),
+        decision_event(rejected, event_id="late-1"),
+        decision_event(approved, event_id="odd-1", event_type="market.suspended"),
+        decision_event(str(uuid.uuid4()), event_id="ghost-1"),
+        decision_event("not-a-uuid", event_id="bad-1"),
+        decision_event(
+            approved, "rejected", event_id="contradiction-1", event_type="market.approved"
+        ),
+        decision_event(approved, event_id="wrong-entity-1", entity_id=str(uuid.uuid4())),
+    ]
+    await flow.enqueue_decisions(events)
+    await wait_processed(flow.db, len(events))
+
+    rows = await flow.db.fetch(
+        "SELECT event_id, processing_status, processing_error FROM processed_events"
+    )
+    outcome = {r["event_id"]: (r["processing_status"], r["processing_error"] or "") for r in rows}
+    assert outcome["ok-1"] == ("success", "")
+    assert outcome["no-1"] == ("success", "")
+    assert outcome["again-1"][0] == "skipped" and "already decided" in outcome["again-1"][1]
+    assert outcome["late-1"][0] == "skipped" and "approval after rejection" in outcome["late-1"][1]
+    assert outcome["odd-1"][0] == "skipped" and "unknown event type" in outcome["odd-1"][1]
+    assert outcome["ghost-1"][0] == "failed" and "unknown market" in outcome["ghost-1"][1]
+    assert outcome["bad-1"][0] == "failed" and "invalid payload" in outcome["bad-1"][1]
+    assert outcome["contradiction-1"][0] == "failed"
+    assert outcome["wrong-entity-1"][0] == "failed"
+
+    async def all_acked() -> bool:
+        return await pending(flow) == 0
+
+    await wait_until(all_acked, 30, "every entry acknowledged")
+
+
+async def test_duplicates_5_times_and_50_copies_across_3_consumers_apply_once(
+    flow: Flow,
+) -> None:
+    _, api = flow.start_api()
+    flow.launch_relay()
+    first, second = (m["id"] for m in await flow.register_markets(api, 2))
+    await flow.all_published()
+
+    for slot in range(3):
+        flow.launch_consumer(slot).wait_for_log("consuming")
+    await flow.xadd_decision(decision_event(first, event_id="five-times"), copies=5)
+    await flow.xadd_decision(decision_event(second, event_id="fifty-copies"), copies=50)
+
+    async def all_acked() -> bool:
+        return await pending(flow) == 0 and await flow.stream.xlen(ENTITY_PERMISSIONS_EVENTS) == 55
+
+    await wait_until(all_acked, 60, "all 55 copies acknowledged")
+    for market_id, event_id in ((first, "five-times"), (second, "fifty-copies")):
+        history = await flow.db.fetch(
+            "SELECT * FROM market_approval_events WHERE market_id = $1", uuid.UUID(market_id)
+        )
+        assert [h["event_id"] for h in history] == [event_id]
+        outbound = await flow.db.fetch(
+            "SELECT event_type FROM outbox WHERE aggregate_id = $1 AND stream = $2 ORDER BY id",
+            market_id,
+            MARKETS_EVENTS,
+        )
+        assert [o["event_type"] for o in outbound] == [
+            "market.registered",
+            "market.approval_requested",
+            "market.activated",
+            "token.deployment_requested",
+        ]
+    statuses = await flow.db.fetch("SELECT processing_status FROM processed_events")
+    assert [s["processing_status"] for s in statuses] == ["success", "success"]
+
+
+async def test_a_consumer_killed_holding_entries_is_taken_over(flow: Flow) -> None:
+    _, api = flow.start_api()
+    flow.launch_relay()
+    markets = [m["id"] for m in await flow.register_markets(api, 20)]
+    await flow.all_published()
+    victim = flow.launch_consumer(0, **FAST_CLAIMS)
+    victim.wait_for_log("consuming")
+
+    # Hold every market's row, so the victim's transactions wait while it holds entries.
+    blocker = await asyncpg.connect(flow.env()["DATABASE_URL"])
+    try:
+        async with blocker.transaction():
+            await blocker.execute(
+                "SELECT 1 FROM markets WHERE id = ANY($1) FOR UPDATE",
+                [uuid.UUID(m) for m in markets],
+            )
+            await flow.enqueue_decisions([decision_event(m) for m in markets])
+
+            async def victim_holds_them() -> bool:
+                consumers = await flow.stream.xinfo_consumers(ENTITY_PERMISSIONS_EVENTS, GROUP)
+                return any(c["pending"] == len(markets) for c in consumers)
+
+            await wait_until(victim_holds_them, 30, "the victim to hold every entry")
+            victim.kill()
+    finally:
+        await blocker.close()
+
+    flow.launch_consumer(1, **FAST_CLAIMS)
+    await wait_for_status(flow.db, markets, "active")
+
+    async def all_acked() -> bool:
+        return await pending(flow) == 0
+
+    await wait_until(all_acked, 30, "every entry acknowledged")
+    assert await flow.db.fetchval("SELECT count(*) FROM market_approval_events") == len(markets)
+    assert await flow.db.fetchval("SELECT count(*) FROM processed_events") == len(markets)
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[PostgresServer]:
+    server = PostgresServer()
+    await server.start()
+    run_migrations(server.url)
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+async def test_postgres_stopped_for_10_s_leaves_entries_pending_then_applies_them(
+    flow: Flow, own_postgres: PostgresServer
+) -> None:
+    db = await asyncpg.connect(own_postgres.url)
+    try:
+        env = {"DATABASE_URL": own_postgres.url}
+        flow.launch_relay(**env)
+        consumer = flow.launch_consumer(0, **env)
+        consumer.wait_for_log("consuming")
+        markets = [str(uuid.uuid4()) for _ in range(10)]
+        await db.executemany(
+            """
+            INSERT INTO markets (id, name, issuer_id, entity_id, status)
+            VALUES ($1, 'Outage market', gen_random_uuid(), gen_random_uuid(), 'pending_approval');
+            """,
+            [(uuid.UUID(m),) for m in markets],
+        )
+        await db.executemany(
+            """
+            INSERT INTO assets (id, market_id, asset_type, token_symbol, token_name, total_supply,
+                                asset_details)
+            VALUES (gen_random_uuid(), $1, 'real_estate', 'OUT', 'Outage', 1000, '{}')
+            """,
+            [(uuid.UUID(m),) for m in markets],
+        )
+        await db.close()
+        own_postgres.stop()
+
+        for market_id in markets:
+            await flow.xadd_decision(decision_event(market_id))
+        await asyncio.sleep(10)
+        # Nothing acknowledged: whatever the consumer took is still pending.
+        [group] = await flow.stream.xinfo_groups(ENTITY_PERMISSIONS_EVENTS)
+        assert group["pending"] >= 1
+        assert group["entries-read"] == group["pending"]
+
+        await own_postgres.start()
+        db = await asyncpg.connect(own_postgres.url)
+        await wait_for_status(db, markets, "active")
+
+        async def all_acked() -> bool:
+            return await pending(flow) == 0
+
+        await wait_until(all_acked, 30, "every entry acknowledged")
+        assert await db.fetchval("SELECT count(*) FROM processed_events") == len(markets)
+        consumer.wait_for_log("PostgreSQL unavailable")
+        consumer.wait_for_log("PostgreSQL available again")
+    finally:
+        await db.close()
+
+
+async def test_a_poison_entry_is_dead_lettered_after_max_deliveries(flow: Flow) -> None:
+    _, api = flow.start_api()
+    [market] = await flow.register_markets(api, 1)
+    consumer = flow.launch_consumer(0, MAX_DELIVERIES="3", CLAIM_IDLE_MS="200")
+    consumer.wait_for_log("consuming")
+
+    # PostgreSQL cannot store a NUL character: this entry fails on every delivery.
+    await flow.xadd_decision(
+        decision_event(market["id"], "rejected", event_id="poison", reason="\x00")
+    )
+
+    async def dead() -> bool:
+        return bool(await flow.stream.xlen(ENTITY_PERMISSIONS_DEAD))
+
+    await wait_until(dead, 60, "the poison entry on the dead-letter stream")
+    [letter] = await read_stream(flow.stream, ENTITY_PERMISSIONS_DEAD)
+    assert letter["event_id"] == "poison"
+    assert letter["delivery_count"] == "3"
+    assert "Error" in letter["last_error"]
+    row = await flow.db.fetchrow("SELECT * FROM processed_events WHERE event_id = 'poison'")
+    assert row["processing_status"] == "failed"
+    assert row["attempts"] == 3
+    assert json.loads(row["payload"])["payload"]["reason"] == "\\u0000"
+
+    async def acked() -> bool:
+        return await pending(flow) == 0
+
+    await wait_until(acked, 30, "the poison entry acknowledged")
+    detail = await market_of(api, market["id"])
+    assert detail["market"]["status"] == "pending_approval"
+
+
+async def test_redis_restarted_empty_every_decision_ends_applied_once(flow: Flow) -> None:
+    _, api = flow.start_api()
+    flow.launch_relay()
+    consumer = flow.launch_consumer()
+    markets = [m["id"] for m in await flow.register_markets(api, 30)]
+    await flow.enqueue_decisions([decision_event(m) for m in markets[:15]])
+    await wait_for_status(flow.db, markets[:15], "active")
+
+    flow.redis_server.restart_empty()
+    await flow.enqueue_decisions([decision_event(m) for m in markets[15:]])
+    await wait_for_status(flow.db, markets, "active")
+
+    async def refilled_and_acked() -> bool:
+        length = await flow.stream.xlen(ENTITY_PERMISSIONS_EVENTS)
+        return length == 30 and await pending(flow) == 0
+
+    await wait_until(refilled_and_acked, 60, "the refilled stream consumed")
+    consumer.wait_for_log("created it again at 0")
+    assert await flow.db.fetchval("SELECT count(*) FROM market_approval_events") == 30
+    assert (
+        await flow.db.fetchval(
+            "SELECT count(*) FROM processed_events WHERE processing_status = 'success'"
+        )
+        == 30
+    )
+    activated = await flow.db.fetchval(
+        "SELECT count(*) FROM outbox WHERE event_type = 'market.activated'"
+    )
+    assert activated == 30
+
+
+async def test_sigterm_exits_0(flow: Flow) -> None:
+    consumer = flow.launch_consumer()
+    consumer.wait_for_log("consuming")
+
+    assert consumer.stop() == 0
+    assert "stopped" in consumer.log_text()
