@@ -10,7 +10,9 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
     HTTP_404_NOT_FOUND,
+    HTTP_405_METHOD_NOT_ALLOWED,
     HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -21,6 +23,7 @@ from app.db import UNAVAILABLE_ERRORS
 from app.idempotency import IdempotencyConflict
 from app.markets.service import MarketNotFound
 from app.validation import FieldError, RequestValidationError, decode_body
+from app.webhooks.standard import SignatureError
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +81,10 @@ def _wire_name(request: AnyRequest, parameter: str) -> str:
     """The name the client sent (a header's, a query key's), not the Python argument's."""
     field = request.route_handler.parsed_fn_signature.parameters.get(parameter)
     definition = getattr(field, "kwarg_definition", None)
-    return (
-        getattr(definition, "header", None) or getattr(definition, "query", None) or parameter
-    ) or "request"
+    for attribute in ("name", "header", "query"):
+        if wire := getattr(definition, attribute, None):
+            return str(wire)
+    return parameter or "request"
 
 
 def _not_found(_: AnyRequest, exc: MarketNotFound) -> Response[ErrorBody]:
@@ -103,7 +107,16 @@ def _http_error(request: AnyRequest, exc: HTTPException) -> Response[ErrorBody]:
             "Request body too large",
             [FieldError("body", f"larger than the {limit}-byte limit")],
         )
-    return error_response(exc.status_code, exc.detail, headers=exc.headers)
+    errors = None
+    if exc.status_code == HTTP_405_METHOD_NOT_ALLOWED:
+        errors = [FieldError("method", f"{request.method} is not allowed on {request.url.path}")]
+    return error_response(exc.status_code, exc.detail, errors, headers=exc.headers)
+
+
+def _unauthorized(_: AnyRequest, exc: SignatureError) -> Response[ErrorBody]:
+    return error_response(
+        HTTP_401_UNAUTHORIZED, "Signature verification failed", [FieldError("signature", str(exc))]
+    )
 
 
 def _database_unavailable(request: AnyRequest, exc: Exception) -> Response[ErrorBody]:
@@ -121,5 +134,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     MarketNotFound: _not_found,
     IdempotencyConflict: _conflict,
     HTTPException: _http_error,
+    SignatureError: _unauthorized,
     **{error: _database_unavailable for error in UNAVAILABLE_ERRORS},
 }

@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 import redis.asyncio as redis
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 CHECK_TIMEOUT_S = 2.0
@@ -41,7 +42,9 @@ class HealthController(Controller):
         return Liveness()
 
     @get("/ready", summary="Readiness: PostgreSQL and Redis answer")
-    async def ready(self, db_pool: asyncpg.Pool, redis_client: redis.Redis) -> Response[Readiness]:
+    async def ready(
+        self, db_pool: NamedDependency[asyncpg.Pool], redis_client: NamedDependency[redis.Redis]
+    ) -> Response[Readiness]:
         results = await asyncio.gather(
             _check("postgres", db_pool.fetchval("SELECT 1")),
             _check("redis", redis_client.ping()),

@@ -21,9 +21,13 @@ from app.markets.controller import MarketController
 from app.redis_client import connect_redis
 from app.settings import Settings, get_settings
 from app.unit_of_work import UnitOfWork
+from app.webhooks.controller import WebhookController, WebhookReceiver
+from app.webhooks.guard import RateLimiter, SourceGuard
+from app.webhooks.sns import SnsVerifier
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None) -> Litestar:
+    """The API. `sns` replaces the SNS verifier (tests sign with a certificate of their own)."""
     settings = settings or get_settings()
     configure_logging(settings)
     settings.check_secrets()
@@ -32,6 +36,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def connections(app: Litestar) -> AsyncIterator[None]:
         app.state.db_pool = await create_pool(settings)
         app.state.redis = connect_redis(settings.redis_url, "api", socket_timeout=2)
+        app.state.webhook_receiver = WebhookReceiver(
+            secrets=settings.webhook_secrets,
+            production=settings.is_production,
+            sns=sns or SnsVerifier(settings.sns_topic_arns, verify_signatures=settings.sns_verify),
+            guard=SourceGuard(settings.webhook_allowed_cidrs, settings.trusted_proxies),
+            limiter=RateLimiter(app.state.redis, settings.webhook_rate_limit_per_minute),
+        )
         try:
             yield
         finally:
@@ -39,12 +50,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await app.state.db_pool.close()
 
     return Litestar(
-        route_handlers=[HealthController, MarketController],
+        route_handlers=[HealthController, MarketController, WebhookController],
         lifespan=[connections],
         dependencies={
             "db_pool": Provide(_db_pool, sync_to_thread=False),
             "redis_client": Provide(_redis_client, sync_to_thread=False),
             "uow": Provide(_unit_of_work, sync_to_thread=False),
+            "receiver": Provide(_webhook_receiver, sync_to_thread=False),
         },
         before_request=validate_request_body,
         exception_handlers=EXCEPTION_HANDLERS,
@@ -72,3 +84,8 @@ def _redis_client(state: State) -> redis.Redis:
 
 def _unit_of_work(state: State) -> UnitOfWork:
     return UnitOfWork(state.db_pool)
+
+
+def _webhook_receiver(state: State) -> WebhookReceiver:
+    receiver: WebhookReceiver = state.webhook_receiver
+    return receiver

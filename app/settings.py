@@ -6,6 +6,7 @@ Names follow DESIGN.md. Values in the process environment win over `.env`.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -13,12 +14,16 @@ from typing import Literal
 
 import msgspec
 
+from app.webhooks.standard import decode_secret
+
 log = logging.getLogger(__name__)
 
 AppEnv = Literal["development", "test", "production"]
 
 # Environment variables holding several values, separated by white space.
-_LIST_FIELDS = frozenset({"webhook_secrets", "sns_topic_arns"})
+_LIST_FIELDS = frozenset(
+    {"webhook_secrets", "sns_topic_arns", "webhook_allowed_cidrs", "trusted_proxies"}
+)
 # Environment variables holding "name=value" pairs, separated by white space.
 _MAP_FIELDS = frozenset({"stream_maxlen"})
 
@@ -43,6 +48,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_secrets: tuple[str, ...] = ()
     sns_topic_arns: tuple[str, ...] = ()
     admin_token: str | None = None
+    sns_verify: bool = True  # false only outside production
+    webhook_rate_limit_per_minute: int = 6000  # per client address, across API workers
+    webhook_allowed_cidrs: tuple[str, ...] = ()  # empty: any address
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For is believed
     # The outbox relay.
     outbox_batch_size: int = 500
     outbox_poll_interval_s: float = 1.0
@@ -78,8 +87,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             missing.append("PERMISSIONS_SERVICE_API_KEY")
         return missing
 
+    def check_values(self) -> None:
+        """Values that parse but cannot work; raises ConfigError naming the variable."""
+        for secret in self.webhook_secrets:
+            try:
+                decode_secret(secret)
+            except ValueError as error:
+                raise ConfigError(f"invalid configuration: WEBHOOK_SECRETS: {error}") from None
+        for name in ("webhook_allowed_cidrs", "trusted_proxies"):
+            for cidr in getattr(self, name):
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    raise ConfigError(
+                        f"invalid configuration: {name.upper()}: {cidr!r} is not an address or CIDR"
+                    ) from None
+        if self.is_production and not self.sns_verify:
+            raise ConfigError("invalid configuration: SNS_VERIFY=false is refused in production")
+
     def check_secrets(self) -> None:
         """Refuse to run in production without secrets; elsewhere warn loudly and go on."""
+        self.check_values()
         missing = self.missing_secrets()
         if not missing:
             return

@@ -25,6 +25,10 @@ class RequestValidationError(Exception):
         super().__init__("; ".join(f"{e.field}: {e.reason}" for e in errors))
         self.errors = errors
 
+    @classmethod
+    def single(cls, field: str, reason: str) -> RequestValidationError:
+        return cls([FieldError(field, reason)])
+
 
 def decode_body(raw: bytes, struct_type: type[T]) -> T:
     """Decode a JSON object into `struct_type`, or raise with every field that is wrong.
@@ -32,13 +36,17 @@ def decode_body(raw: bytes, struct_type: type[T]) -> T:
     msgspec stops at the first error; clients fix a request faster seeing all of them,
     so each field is checked on its own before the struct is built.
     """
+    return convert_object(decode_json(raw), struct_type)
+
+
+def decode_json(raw: bytes) -> Any:
+    """Any JSON document, or RequestValidationError naming the body."""
     if not raw.strip():
         raise RequestValidationError([FieldError("body", "a JSON object is required")])
     try:
-        document = _decode_any(raw)
+        return _decode_any(raw)
     except msgspec.DecodeError as exc:
         raise RequestValidationError([FieldError("body", f"malformed JSON: {exc}")]) from exc
-    return convert_object(document, struct_type)
 
 
 def convert_object(document: Any, struct_type: type[T]) -> T:

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from app.markets import service
 from app.markets.schemas import (
@@ -25,8 +26,8 @@ MAX_REGISTER_BODY = 1024 * 1024
 
 IdempotencyKeyHeader = Annotated[
     str | None,
-    Parameter(
-        header="Idempotency-Key",
+    HeaderParameter(
+        name="Idempotency-Key",
         min_length=1,
         max_length=255,
         description="Retries with the same key and body return the first response; "
@@ -47,9 +48,9 @@ class MarketController(Controller):
     )
     async def register(
         self,
-        data: RegisterMarketRequest,
+        data: JSONBody[RegisterMarketRequest],
         request: Request[Any, Any, Any],
-        uow: UnitOfWork,
+        uow: NamedDependency[UnitOfWork],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[RegistrationView]:
         outcome = await service.register(
@@ -65,7 +66,9 @@ class MarketController(Controller):
         return Response(RegistrationView.of(outcome.registration), status_code=201, headers=headers)
 
     @get("/{market_id:str}", summary="A market with its asset and approval state")
-    async def get_market(self, market_id: str, uow: UnitOfWork) -> MarketDetailView:
+    async def get_market(
+        self, market_id: FromPath[str], uow: NamedDependency[UnitOfWork]
+    ) -> MarketDetailView:
         detail = await service.get_market(uow, parse_uuid("id", market_id))
         return MarketDetailView(
             market=MarketView.of(detail.registration.market),

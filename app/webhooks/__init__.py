@@ -1,0 +1,1 @@
+"""The Entity Permissions webhook: decisions received, verified, made durable, once."""

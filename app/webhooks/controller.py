@@ -1,0 +1,145 @@
+"""POST /api/v1/webhooks/entity-permissions and its health check (the seed's routes)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
+
+from app.errors import ErrorBody
+from app.unit_of_work import UnitOfWork
+from app.validation import RequestValidationError, convert_object, decode_json
+from app.webhooks import service, standard
+from app.webhooks.guard import RateLimiter, SourceGuard
+from app.webhooks.schemas import Receipt, SnsReceipt, WebhookHealth, read_event
+from app.webhooks.sns import SnsMessage, SnsVerifier, subscribe_url_for
+from app.webhooks.standard import SignatureError
+
+log = logging.getLogger(__name__)
+
+MAX_WEBHOOK_BODY = 256 * 1024
+SNS_TYPE_HEADER = "x-amz-sns-message-type"
+ACCEPTED_MEDIA_TYPES = ("application/json", "text/plain")  # SNS posts text/plain
+
+
+class Forbidden(HTTPException):
+    status_code = 403
+
+
+class TooManyRequests(HTTPException):
+    status_code = 429
+
+
+class WebhookReceiver:
+    """Everything the webhook checks before it believes a request, built once per app."""
+
+    def __init__(
+        self,
+        *,
+        secrets: tuple[str, ...],
+        production: bool,
+        sns: SnsVerifier,
+        guard: SourceGuard,
+        limiter: RateLimiter,
+    ) -> None:
+        self.secrets = secrets
+        self.production = production
+        self.sns = sns
+        self.guard = guard
+        self.limiter = limiter
+        self._warned_unsigned = False
+
+    async def admit(self, request: Request[Any, Any, Any]) -> None:
+        peer = request.client.host if request.client else None
+        caller = self.guard.client_address(peer, request.headers.get("x-forwarded-for"))
+        if not self.guard.allows(caller):
+            raise Forbidden(detail=f"{caller} is not in WEBHOOK_ALLOWED_CIDRS")
+        if not await self.limiter.allow(caller):
+            raise TooManyRequests(detail="rate limit exceeded", headers={"Retry-After": "60"})
+
+    def authenticate_direct(self, headers: dict[str, str], body: bytes) -> None:
+        if self.secrets:
+            standard.verify(self.secrets, headers, body)
+            return
+        if self.production:
+            raise SignatureError("unsigned webhooks are refused in production")
+        if not self._warned_unsigned:
+            log.warning("WEBHOOK_SECRETS unset: accepting unsigned webhooks (development only)")
+            self._warned_unsigned = True
+
+
+_ERRORS = {
+    status: ResponseSpec(data_container=ErrorBody, description=description)
+    for status, description in {
+        400: "Malformed JSON or an invalid event; every wrong field is listed",
+        401: "Missing or bad signature (Standard Webhooks or SNS)",
+        403: "Caller not in WEBHOOK_ALLOWED_CIDRS",
+        413: "Body over 256 KiB",
+        415: "Content-Type neither application/json nor text/plain",
+        429: "Rate limit exceeded",
+        503: "PostgreSQL unavailable: nothing was accepted, retry",
+    }.items()
+}
+
+
+class WebhookController(Controller):
+    path = "/api/v1/webhooks"
+    tags = ["webhooks"]
+
+    @post(
+        "/entity-permissions",
+        status_code=200,
+        request_max_body_size=MAX_WEBHOOK_BODY,
+        summary="Receive an Entity Permissions decision (direct JSON or an SNS delivery)",
+        description="A 200 means the event is durable in PostgreSQL. Repeats answer "
+        "already_processed and change nothing.",
+        responses=_ERRORS,
+    )
+    async def entity_permissions(
+        self,
+        request: Request[Any, Any, Any],
+        uow: NamedDependency[UnitOfWork],
+        receiver: NamedDependency[WebhookReceiver],
+    ) -> Receipt | SnsReceipt:
+        await receiver.admit(request)
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in ACCEPTED_MEDIA_TYPES:
+            raise HTTPException(
+                status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                detail="Content-Type must be application/json or text/plain",
+            )
+        body = await request.body()
+        if request.headers.get(SNS_TYPE_HEADER):
+            return await self._sns(decode_json(body), uow, receiver)
+        receiver.authenticate_direct(dict(request.headers), body)
+        return await service.accept(uow, read_event(decode_json(body)))
+
+    async def _sns(
+        self, document: Any, uow: UnitOfWork, receiver: WebhookReceiver
+    ) -> Receipt | SnsReceipt:
+        message = convert_object(document, SnsMessage)
+        await receiver.sns.verify(message)
+        if message.type == "SubscriptionConfirmation":
+            url = subscribe_url_for(message)
+            await receiver.sns.confirm(url)
+            log.info("SNS subscription to %s confirmed", message.topic_arn)
+            return SnsReceipt("subscription_confirmed", message.message_id)
+        if message.type == "UnsubscribeConfirmation":
+            log.warning("SNS unsubscribed this endpoint from %s", message.topic_arn)
+            return SnsReceipt("unsubscribe_confirmed", message.message_id)
+        try:
+            inner = msgspec.json.decode(message.message)
+        except msgspec.DecodeError as error:
+            raise RequestValidationError.single("Message", f"malformed JSON: {error}") from error
+        return await service.accept(uow, read_event(inner, default_event_id=message.message_id))
+
+    @get("/health", summary="The webhook handler answers (the seed's health check)")
+    async def health(self) -> WebhookHealth:
+        return WebhookHealth(status="ok", service="webhook-handler", timestamp=datetime.now(UTC))

@@ -1,0 +1,387 @@
+"""POST /api/v1/webhooks/entity-permissions: verified, durable, idempotent.
+
+Nothing is stored on any 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from app.webhooks import standard
+from app.webhooks.guard import SourceGuard
+from tests.conftest import service_env
+from tests.support.flow import Flow
+from tests.support.markets import REGISTER, seed_body
+from tests.support.outbox import wait_until
+from tests.support.processes import free_port, start_api
+
+WEBHOOK = "/api/v1/webhooks/entity-permissions"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+ROTATED = "whsec_" + "c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24="
+
+
+def seed_event(market_id: str | None = None, **changes: Any) -> dict[str, Any]:
+    """The seed's webhook test body."""
+    body: dict[str, Any] = {
+        "event_id": f"test-{uuid.uuid4()}",
+        "event_type": "market.approved",
+        "source": "entity_permissions_core",
+        "payload": {
+            "market_id": market_id or str(uuid.uuid4()),
+            "entity_id": "9b2f7c1e-2222-4a5b-8c9d-0123456789ab",
+            "decision": "approved",
+        },
+        "context": {"actor_id": "admin-uuid"},
+    }
+    body.update(changes)
+    return body
+
+
+async def stored(db: asyncpg.Connection) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM outbox WHERE stream = 'entity-permissions:events'"
+    )
+    return count
+
+
+def signed_headers(
+    body: bytes, secret: str = SECRET, timestamp: int | None = None
+) -> dict[str, str]:
+    stamp = int(time.time()) if timestamp is None else timestamp
+    return {
+        "content-type": "application/json",
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": standard.sign(secret, "msg_1", stamp, body),
+    }
+
+
+async def test_a_decision_is_accepted_once_and_its_repeats_are_already_processed(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    event = seed_event()
+
+    first = await client.post(WEBHOOK, json=event)
+    again = await client.post(WEBHOOK, json=event)
+
+    assert first.status_code == again.status_code == 200
+    assert first.json() == {"status": "accepted", "event_id": event["event_id"]}
+    assert again.json() == {"status": "already_processed", "event_id": event["event_id"]}
+    row = await db.fetchrow("SELECT * FROM outbox WHERE event_id = $1", event["event_id"])
+    assert row["stream"] == "entity-permissions:events"
+    assert row["aggregate_id"] == event["payload"]["market_id"]
+    assert row["source"] == "entity_permissions_core"
+    assert json.loads(row["context"]) == {"actor_id": "admin-uuid"}
+
+
+async def test_a_repeat_after_processing_and_retention_is_already_processed(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    event = seed_event()
+    await client.post(WEBHOOK, json=event)
+    # Applied by a consumer, then the outbox row left with its retention window.
+    await db.execute(
+        """
+        INSERT INTO processed_events (event_id, event_type, source, processing_status, payload)
+        VALUES ($1, 'market.approved', 'entity_permissions_core', 'success', '{}');
+        """,
+        event["event_id"],
+    )
+    await db.execute("DELETE FROM outbox")
+
+    again = await client.post(WEBHOOK, json=event)
+
+    assert again.json()["status"] == "already_processed"
+    assert await stored(db) == 0
+
+
+async def test_100_concurrent_identical_deliveries_store_one_row(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    event = seed_event()
+
+    responses = await asyncio.gather(*(client.post(WEBHOOK, json=event) for _ in range(100)))
+
+    assert {r.status_code for r in responses} == {200}
+    statuses = sorted(r.json()["status"] for r in responses)
+    assert statuses.count("accepted") == 1
+    assert statuses.count("already_processed") == 99
+    assert await stored(db) == 1
+
+
+async def test_unknown_event_types_are_accepted_for_the_audit(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    event = seed_event(event_type="market.suspended", payload={"anything": ["goes"]})
+
+    response = await client.post(WEBHOOK, json=event)
+
+    assert response.json()["status"] == "accepted"
+    assert await stored(db) == 1
+
+
+async def test_text_plain_is_accepted(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    response = await client.post(
+        WEBHOOK, content=json.dumps(seed_event()), headers={"content-type": "text/plain"}
+    )
+
+    assert response.json()["status"] == "accepted"
+
+
+def _without(field: str) -> dict[str, Any]:
+    event = seed_event()
+    del event[field]
+    return event
+
+
+def _payload(**changes: Any) -> dict[str, Any]:
+    event = seed_event()
+    event["payload"] = {**event["payload"], **changes}
+    return event
+
+
+@pytest.mark.parametrize(
+    ("content", "fields"),
+    [
+        (json.dumps(_without("event_id")), ["event_id"]),
+        (json.dumps(_without("payload")), ["payload"]),
+        (json.dumps(seed_event(event_id=42)), ["event_id"]),
+        (json.dumps(seed_event(payload="approved")), ["payload"]),
+        (json.dumps(_payload(decision="maybe")), ["payload.decision"]),
+        (json.dumps(_payload(market_id="your-market-uuid")), ["payload.market_id"]),
+        (json.dumps(_payload(decision="rejected")), ["payload.decision"]),
+        (json.dumps(seed_event(occurred_at="yesterday")), ["occurred_at"]),
+        (json.dumps(seed_event(extra=1)), ["extra"]),
+        ('{"event_id": ', ["body"]),
+        (json.dumps([seed_event()]), ["body"]),
+        ("", ["body"]),
+    ],
+)
+async def test_bad_input_gets_400_naming_the_fields_and_stores_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, content: str, fields: list[str]
+) -> None:
+    response = await client.post(
+        WEBHOOK, content=content, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 400, response.text
+    assert [e["field"] for e in response.json()["errors"]] == fields
+    assert await stored(db) == 0
+
+
+async def test_over_256_kib_gets_413_and_stores_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    response = await client.post(WEBHOOK, json=seed_event(context={"pad": "x" * 262_144}))
+
+    assert response.status_code == 413
+    assert await stored(db) == 0
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_other_methods_get_405(client: httpx.AsyncClient, method: str) -> None:
+    response = await client.request(method, WEBHOOK)
+
+    assert response.status_code == 405
+    assert response.json()["errors"][0]["field"] == "method"
+
+
+async def test_another_content_type_gets_415(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    response = await client.post(WEBHOOK, data={"event_id": "x"})
+
+    assert response.status_code == 415
+    assert await stored(db) == 0
+
+
+async def test_health_answers_as_in_the_seed(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/webhooks/health")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["service"] == "webhook-handler"
+    assert body["timestamp"].endswith("Z")
+
+
+def test_the_standard_webhooks_test_vector_verifies() -> None:
+    headers = {
+        "webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "webhook-timestamp": "1614265330",
+        "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+    }
+    body = b'{"test": 2432232314}'
+
+    assert standard.verify([SECRET], headers, body, now=1614265330) == headers["webhook-id"]
+    with pytest.raises(standard.SignatureError):
+        standard.verify([SECRET], headers, body + b" ", now=1614265330)
+    with pytest.raises(standard.SignatureError):
+        standard.verify([SECRET], headers, body, now=1614265330 + 301)
+
+
+@pytest.fixture(scope="module")
+def signed_api(log_dir: Path) -> Iterator[str]:
+    process, base_url = start_api(
+        service_env(WEBHOOK_SECRETS=f"{ROTATED} {SECRET}"), log_dir, "api-signed"
+    )
+    yield base_url
+    process.stop()
+
+
+@pytest.fixture
+async def signed(signed_api: str, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=signed_api) as http:
+        yield http
+
+
+async def test_a_signed_request_is_accepted_with_either_rotated_secret(
+    signed: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    for secret in (SECRET, ROTATED):
+        body = json.dumps(seed_event()).encode()
+        response = await signed.post(WEBHOOK, content=body, headers=signed_headers(body, secret))
+        assert response.json()["status"] == "accepted", response.text
+    assert await stored(db) == 2
+
+
+@pytest.mark.parametrize(
+    "forge",
+    ["unsigned", "wrong secret", "tampered body", "expired", "from the future", "no v1"],
+)
+async def test_a_bad_signature_gets_401_and_stores_nothing(
+    signed: httpx.AsyncClient, db: asyncpg.Connection, forge: str
+) -> None:
+    body = json.dumps(seed_event()).encode()
+    headers = signed_headers(body)
+    if forge == "unsigned":
+        headers = {"content-type": "application/json"}
+    elif forge == "wrong secret":
+        headers = signed_headers(body, "whsec_" + "d3Jvbmctc2VjcmV0")
+    elif forge == "tampered body":
+        body = body.replace(b"approved", b"rejected", 1)
+    elif forge == "expired":
+        headers = signed_headers(body, timestamp=int(time.time()) - 301)
+    elif forge == "from the future":
+        headers = signed_headers(body, timestamp=int(time.time()) + 301)
+    elif forge == "no v1":
+        headers["webhook-signature"] = headers["webhook-signature"].replace("v1,", "v2,")
+
+    response = await signed.post(WEBHOOK, content=body, headers=headers)
+
+    assert response.status_code == 401
+    assert response.json()["errors"][0]["field"] == "signature"
+    assert await stored(db) == 0
+
+
+async def test_the_rate_limit_holds_and_answers_429(
+    log_dir: Path, db: asyncpg.Connection, redis_client: object
+) -> None:
+    # redis_client: the test's Redis database starts empty, counters included.
+    process, base_url = start_api(
+        service_env(WEBHOOK_RATE_LIMIT_PER_MINUTE="5"), log_dir, "api-rate-limited"
+    )
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            codes = [(await http.post(WEBHOOK, json=seed_event())).status_code for _ in range(7)]
+    finally:
+        process.stop()
+
+    assert codes[:5] == [200] * 5
+    assert codes[5:] == [429, 429]
+    assert await stored(db) == 5
+
+
+async def test_the_allow_list_refuses_other_callers(log_dir: Path, db: asyncpg.Connection) -> None:
+    env = service_env(WEBHOOK_ALLOWED_CIDRS="10.0.0.0/8", TRUSTED_PROXIES="127.0.0.1/32")
+    process, base_url = start_api(env, log_dir, "api-allow-list")
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            direct = await http.post(WEBHOOK, json=seed_event())
+            via_proxy = await http.post(
+                WEBHOOK, json=seed_event(), headers={"x-forwarded-for": "10.1.2.3"}
+            )
+            spoofed = await http.post(
+                WEBHOOK, json=seed_event(), headers={"x-forwarded-for": "10.1.2.3, 192.0.2.7"}
+            )
+    finally:
+        process.stop()
+
+    assert direct.status_code == 403
+    assert via_proxy.status_code == 200
+    assert spoofed.status_code == 403
+    assert await stored(db) == 1
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
+    guard = SourceGuard([], ["10.0.0.0/8"])
+
+    assert guard.client_address("203.0.113.9", "198.51.100.1") == "203.0.113.9"
+    assert guard.client_address("10.0.0.2", "198.51.100.1") == "198.51.100.1"
+    assert guard.client_address("10.0.0.2", "1.2.3.4, 198.51.100.1, 10.0.0.3") == "198.51.100.1"
+    assert guard.client_address("10.0.0.2", "garbage") == "10.0.0.2"
+
+
+async def test_postgres_down_gets_503_never_2xx(log_dir: Path) -> None:
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/marketdb_test"
+    process, base_url = start_api(service_env(DATABASE_URL=closed), log_dir, "api-webhook-no-pg")
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            response = await http.post(WEBHOOK, json=seed_event())
+    finally:
+        process.stop()
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+
+
+async def test_redis_stopped_the_webhook_still_accepts_and_the_decision_is_applied_later(
+    flow: Flow,
+) -> None:
+    _, api = flow.start_api()
+    flow.launch_relay()
+    flow.launch_consumer()
+    [market] = await flow.register_markets(api, 1)
+
+    flow.redis_server.stop()
+    async with httpx.AsyncClient(base_url=api) as http:
+        response = await http.post(WEBHOOK, json=seed_event(market["id"]))
+    assert response.json()["status"] == "accepted"
+    flow.redis_server.start()
+
+    async def active() -> bool:
+        status = await flow.db.fetchval(
+            "SELECT status FROM markets WHERE id = $1", uuid.UUID(market["id"])
+        )
+        return bool(status == "active")
+
+    await wait_until(active, 60, "the decision applied once Redis is back")
+    assert await flow.db.fetchval("SELECT count(*) FROM market_approval_events") == 1
+
+
+async def test_the_seed_flow_register_approve_by_webhook_market_active(flow: Flow) -> None:
+    _, api = flow.start_api()
+    flow.launch_relay()
+    flow.launch_consumer()
+    async with httpx.AsyncClient(base_url=api) as http:
+        market = (await http.post(REGISTER, json=seed_body())).json()["market"]
+        assert market["status"] == "pending_approval"
+        event = seed_event(market["id"])
+        assert (await http.post(WEBHOOK, json=event)).json()["status"] == "accepted"
+
+        async def active() -> bool:
+            body = (await http.get(f"/api/v1/markets/{market['id']}")).json()
+            return bool(body["market"]["status"] == "active")
+
+        await wait_until(active, 60, "the market to become active")
+        assert (await http.post(WEBHOOK, json=event)).json()["status"] == "already_processed"

@@ -1,0 +1,219 @@
+"""SNS deliveries, signed in the test with a key and certificate of its own.
+
+The API runs in-process here so that its certificate fetcher can be the test's; every
+other rule of the verifier (URLs, topics, age, signature) is the production one.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.main import create_app
+from app.settings import load_settings
+from app.webhooks.sns import SnsVerifier
+from tests.conftest import service_env
+from tests.support.sns import CERT_URL, TOPIC_ARN, SnsSigner
+from tests.test_webhook import WEBHOOK, seed_event, stored
+
+SNS_HEADERS = {"content-type": "text/plain", "x-amz-sns-message-type": "Notification"}
+
+
+@pytest.fixture
+def signer() -> SnsSigner:
+    return SnsSigner()
+
+
+@pytest.fixture
+def confirmed() -> list[str]:
+    return []
+
+
+@pytest.fixture
+async def sns_client(
+    signer: SnsSigner, confirmed: list[str], db: asyncpg.Connection
+) -> AsyncIterator[httpx.AsyncClient]:
+    async def confirm(url: str) -> None:
+        confirmed.append(url)
+
+    settings = load_settings(service_env(SNS_TOPIC_ARNS=TOPIC_ARN), dotenv=None)
+    verifier = SnsVerifier([TOPIC_ARN], fetcher=signer.fetch, confirm=confirm)
+    async with AsyncTestClient(app=create_app(settings, sns=verifier)) as client:
+        yield client
+
+
+async def post(client: httpx.AsyncClient, message: dict[str, Any]) -> httpx.Response:
+    headers = {**SNS_HEADERS, "x-amz-sns-message-type": message["Type"]}
+    return await client.post(WEBHOOK, content=json.dumps(message), headers=headers)
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+async def test_a_signed_notification_is_accepted_once(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, db: asyncpg.Connection, version: str
+) -> None:
+    event = seed_event()
+    message = signer.message(message=event, version=version)
+
+    first = await post(sns_client, message)
+    again = await post(sns_client, message)
+
+    assert first.json() == {"status": "accepted", "event_id": event["event_id"]}
+    assert again.json()["status"] == "already_processed"
+    assert await stored(db) == 1
+    assert signer.fetched == [CERT_URL]  # fetched once, then cached
+
+
+async def test_without_an_inner_event_id_the_message_id_deduplicates(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, db: asyncpg.Connection
+) -> None:
+    event = seed_event()
+    del event["event_id"]
+
+    response = await post(sns_client, signer.message(message=event, MessageId="sns-msg-1"))
+
+    assert response.json() == {"status": "accepted", "event_id": "sns-msg-1"}
+
+
+def _tampered(message: dict[str, Any]) -> dict[str, Any]:
+    return {**message, "Message": message["Message"].replace("approved", "rejected", 1)}
+
+
+@pytest.mark.parametrize(
+    ("attack", "build"),
+    [
+        ("tampered message", lambda s: _tampered(s.message(message=seed_event()))),
+        (
+            "signature of another message",
+            lambda s: {
+                **s.message(message=seed_event()),
+                "Signature": s.message(message=seed_event())["Signature"],
+            },
+        ),
+        (
+            "wrong topic",
+            lambda s: s.message(
+                message=seed_event(), topic_arn="arn:aws:sns:eu-west-1:123456789012:other"
+            ),
+        ),
+        (
+            "old timestamp",
+            lambda s: s.message(
+                message=seed_event(), timestamp=datetime.now(UTC) - timedelta(hours=1, minutes=1)
+            ),
+        ),
+        (
+            "certificate over http",
+            lambda s: s.message(message=seed_event(), cert_url=CERT_URL.replace("https", "http")),
+        ),
+        (
+            "certificate on a foreign host",
+            lambda s: s.message(
+                message=seed_event(),
+                cert_url="https://sns.eu-west-1.amazonaws.com.evil.example/SimpleNotificationService-1.pem",
+            ),
+        ),
+        (
+            "certificate on an S3 host",
+            lambda s: s.message(
+                message=seed_event(),
+                cert_url="https://s3.amazonaws.com/SimpleNotificationService-1.pem",
+            ),
+        ),
+        (
+            "certificate URL with a query",
+            lambda s: s.message(message=seed_event(), cert_url=CERT_URL + "?x=1"),
+        ),
+        (
+            "certificate on another path",
+            lambda s: s.message(
+                message=seed_event(),
+                cert_url="https://sns.eu-west-1.amazonaws.com/evil/SimpleNotificationService-1.pem",
+            ),
+        ),
+        ("unknown signature version", lambda s: s.message(message=seed_event(), version="3")),
+    ],
+)
+async def test_forged_or_stale_sns_messages_get_401_and_store_nothing(
+    sns_client: httpx.AsyncClient,
+    signer: SnsSigner,
+    db: asyncpg.Connection,
+    attack: str,
+    build: Any,
+) -> None:
+    response = await post(sns_client, build(signer))
+
+    assert response.status_code == 401, (attack, response.text)
+    assert await stored(db) == 0
+
+
+async def test_a_subscription_is_confirmed_after_the_signature_checks(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, confirmed: list[str]
+) -> None:
+    message = signer.message("SubscriptionConfirmation", message="You have chosen to subscribe")
+
+    response = await post(sns_client, message)
+
+    assert response.json()["status"] == "subscription_confirmed"
+    assert confirmed == [message["SubscribeURL"]]
+
+
+@pytest.mark.parametrize(
+    "subscribe_url",
+    [
+        "https://169.254.169.254/latest/meta-data/",
+        "https://10.0.0.5/?Action=ConfirmSubscription",
+        "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription",
+        "http://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription",
+        "https://sns.eu-west-1.amazonaws.com:8443/?Action=ConfirmSubscription",
+    ],
+)
+async def test_a_subscribe_url_off_the_topics_sns_endpoint_is_never_fetched(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, confirmed: list[str], subscribe_url: str
+) -> None:
+    message = signer.message(
+        "SubscriptionConfirmation", message="subscribe", subscribe_url=subscribe_url
+    )
+
+    response = await post(sns_client, message)
+
+    assert response.status_code == 401
+    assert confirmed == []
+
+
+async def test_a_forged_subscription_is_never_confirmed(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, confirmed: list[str]
+) -> None:
+    message = signer.message("SubscriptionConfirmation", message="subscribe")
+    message["SubscribeURL"] = message["SubscribeURL"] + "&extra=1"
+
+    response = await post(sns_client, message)
+
+    assert response.status_code == 401
+    assert confirmed == []
+
+
+async def test_an_unsubscribe_confirmation_is_acknowledged(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, db: asyncpg.Connection
+) -> None:
+    response = await post(sns_client, signer.message("UnsubscribeConfirmation", message="bye"))
+
+    assert response.json()["status"] == "unsubscribe_confirmed"
+    assert await stored(db) == 0
+
+
+async def test_a_malformed_sns_envelope_gets_400(
+    sns_client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    response = await post(sns_client, {"Type": "Notification", "MessageId": str(uuid.uuid4())})
+
+    assert response.status_code == 400
+    assert {e["field"] for e in response.json()["errors"]} >= {"TopicArn", "Signature"}
+    assert await stored(db) == 0
