@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY := .venv/bin/python
 
-.PHONY: help install services services-down migrate api relay replay consume run test bench lint format
+.PHONY: help install services services-down migrate api relay replay consume poll epc demo run test bench lint format
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,15 @@ replay: migrate ## re-publish retained outbox rows: make replay SINCE=2026-11-26
 consume: migrate ## an approval consumer (group market-approvals); run several, each with its own CONSUMER_SLOT
 	$(PY) -m app.approvals
 
+poll: migrate ## the poller of Entity Permissions Core's feed alone (needs PERMISSIONS_SERVICE_BASE_URL)
+	$(PY) -m relay poll
+
+epc: install ## the Entity Permissions Core simulator on EPC_PORT (default 8000)
+	$(PY) -m simulator
+
+demo: install ## in a second shell while `make run` runs: the seed's flow, step by step
+	$(PY) -m scripts.demo
+
 run: migrate ## the whole service in one command (API and relay), output prefixed by process; Ctrl-C stops all
 	$(PY) -m scripts.run
 
@@ -49,7 +58,7 @@ test: services ## the test suite against real PostgreSQL and Redis
 bench: services ## figures on this machine (QUICK=1 for a short run): table + bench/results.json
 	QUICK=$(QUICK) $(PY) -m bench
 
-lint: install ## ruff and mypy (strict on app/, outbox/, relay/)
+lint: install ## ruff and mypy (strict on app/, outbox/, relay/, simulator/)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

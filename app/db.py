@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import asyncpg
 import msgspec
@@ -27,12 +27,20 @@ RETRYABLE_ERRORS: Final[tuple[type[Exception], ...]] = (
     asyncpg.PostgresError,
 )
 
+T = TypeVar("T")
+
 _encode_json = msgspec.json.Encoder().encode
 _decode_json = msgspec.json.Decoder().decode
 
 
 def _json_text(value: Any) -> str:
     return _encode_json(value).decode()
+
+
+def storable(value: T, as_type: type[T]) -> T:
+    """`value` with NUL characters escaped, visibly: PostgreSQL text and jsonb hold none."""
+    text = _encode_json(value).replace(b"\\u0000", b"\\\\u0000")
+    return msgspec.json.decode(text, type=as_type)
 
 
 async def init_connection(connection: asyncpg.Connection) -> None:

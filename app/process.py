@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import uvicorn
+
 from app.logging import configure_logging
 from app.settings import Settings, get_settings
 
@@ -23,3 +25,8 @@ def stop_on_signals() -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def serve_http(factory: str, host: str, port: int) -> None:
+    """Serve an app factory ("module:function") with uvicorn; logging stays ours."""
+    uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False)

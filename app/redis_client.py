@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import hiredis
@@ -47,3 +47,28 @@ def connect_redis(
         decode_responses=decode_responses,
         **options,
     )
+
+
+StreamEntry = tuple[str, dict[str, str] | None]
+
+
+async def read_group(
+    client: redis.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    start: str,
+    *,
+    count: int,
+    block_ms: int | None = None,
+) -> list[StreamEntry]:
+    """XREADGROUP of one stream, as (entry id, fields) pairs; a client decoding responses.
+
+    `start` is `>` for new entries or an id to re-read this consumer's pending ones
+    (fields come back None for an entry trimmed away since).
+    """
+    reply = cast(
+        "list[tuple[str, list[StreamEntry]]]",
+        await client.xreadgroup(group, consumer, {stream: start}, count=count, block=block_ms),
+    )
+    return reply[0][1] if reply else []

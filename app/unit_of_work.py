@@ -13,6 +13,7 @@ from asyncpg.transaction import Transaction
 import outbox
 from app.approvals.processed_events import ProcessedEventRepository
 from app.idempotency import IdempotencyRepository
+from app.inbound.cursors import PollerCursorRepository
 from app.markets.repository import MarketRepository
 
 
@@ -23,6 +24,7 @@ class UnitOfWork:
     markets: MarketRepository
     idempotency: IdempotencyRepository
     processed_events: ProcessedEventRepository
+    cursors: PollerCursorRepository
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -39,6 +41,7 @@ class UnitOfWork:
         self.markets = MarketRepository(self.connection)
         self.idempotency = IdempotencyRepository(self.connection)
         self.processed_events = ProcessedEventRepository(self.connection)
+        self.cursors = PollerCursorRepository(self.connection)
         return self
 
     async def __aexit__(

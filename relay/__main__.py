@@ -10,7 +10,7 @@ from datetime import datetime
 import asyncpg
 
 from app.process import start_process
-from relay import outbox_relay
+from relay import outbox_relay, poller
 
 log = logging.getLogger("relay")
 
@@ -19,6 +19,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m relay", description=__doc__)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("outbox", help="run the outbox relay (the default)")
+    commands.add_parser("poll", help="poll Entity Permissions Core's event feed")
     replay = commands.add_parser("replay", help="re-publish retained outbox rows")
     replay.add_argument(
         "--since",
@@ -29,7 +30,12 @@ def main() -> None:
     replay.add_argument("--stream", default=None, help="only this stream")
     args = parser.parse_args()
 
-    if args.command == "replay":
+    if args.command == "poll":
+        settings = start_process("poller")
+        if not settings.permissions_service_base_url:
+            raise SystemExit("PERMISSIONS_SERVICE_BASE_URL is not set: nothing to poll")
+        asyncio.run(poller.run(settings))
+    elif args.command == "replay":
         settings = start_process("replay")
         asyncio.run(_replay(settings.database_url, args.since, args.stream))
     else:

@@ -1,27 +1,61 @@
 """`make run`: every process of the service in one terminal, each line prefixed by its name.
 
-Ctrl-C (or SIGTERM) stops them all, each given time to finish what it has in flight.
-If one exits on its own, the others are stopped too and the exit code is passed on.
+The API, the relay and a consumer; in development also the Entity Permissions Core
+simulator, with both integration paths wired to it: it pushes each decision to the
+webhook (signed with a secret made for this run unless WEBHOOK_SECRETS is set) and the
+consumer process polls its feed. Ctrl-C (or SIGTERM) stops them all, each given time
+to finish what it has in flight. If one exits on its own, the others are stopped too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import secrets
 import signal
 import sys
+
+from app.settings import Settings, get_settings
 
 PROCESSES: dict[str, list[str]] = {
     "api": ["-m", "app"],
     "relay": ["-m", "relay"],
     "consumer": ["-m", "app.approvals"],
 }
+SIMULATOR = ["-m", "simulator"]
+SIMULATOR_PORT = 8000
+DEV_EPC_KEY = "dev-epc-key"
+
+
+def development_wiring(settings: Settings) -> dict[str, str]:
+    """Environment that points the service and the simulator at each other."""
+    secret = (
+        settings.webhook_secrets[0]
+        if settings.webhook_secrets
+        else "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    )
+    base_url = settings.permissions_service_base_url or f"http://127.0.0.1:{SIMULATOR_PORT}"
+    api_key = settings.permissions_service_api_key or DEV_EPC_KEY
+    webhook = f"http://127.0.0.1:{settings.http_port}/api/v1/webhooks/entity-permissions"
+    return {
+        "WEBHOOK_SECRETS": " ".join(settings.webhook_secrets) or secret,
+        "PERMISSIONS_SERVICE_BASE_URL": base_url,
+        "PERMISSIONS_SERVICE_API_KEY": api_key,
+        "EPC_PORT": str(SIMULATOR_PORT),
+        "EPC_API_KEY": api_key,
+        "EPC_WEBHOOK_URL": webhook,
+        "EPC_WEBHOOK_SECRET": secret,
+    }
+
+
 COLOURS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m"]
 RESET = "\033[0m"
 GRACE_S = 15
 
 
 async def _pump(name: str, colour: str, stream: asyncio.StreamReader) -> None:
-    width = max(map(len, PROCESSES))
+    width = max(map(len, [*PROCESSES, "epc"]))
     prefix = f"{colour}{name:<{width}} |{RESET} " if sys.stdout.isatty() else f"{name:<{width}} | "
     while line := await stream.readline():
         sys.stdout.write(prefix + line.decode(errors="replace"))
@@ -29,11 +63,21 @@ async def _pump(name: str, colour: str, stream: asyncio.StreamReader) -> None:
 
 
 async def main() -> int:
+    settings = get_settings()
+    processes = dict(PROCESSES)
+    env = dict(os.environ)
+    if settings.app_env == "development":
+        processes["epc"] = SIMULATOR
+        env |= development_wiring(settings)
     children = {
         name: await asyncio.create_subprocess_exec(
-            sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            sys.executable,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
         )
-        for name, args in PROCESSES.items()
+        for name, args in processes.items()
     }
     pumps = [
         asyncio.create_task(_pump(name, COLOURS[n % len(COLOURS)], child.stdout))

@@ -16,7 +16,7 @@ import socket
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -26,9 +26,9 @@ from app.approvals import service
 from app.approvals.domain import Status
 from app.approvals.service import Delivery
 from app.backoff import Backoff
-from app.db import UNAVAILABLE_ERRORS, create_pool
+from app.db import UNAVAILABLE_ERRORS, create_pool, storable
 from app.process import stop_on_signals
-from app.redis_client import connect_redis
+from app.redis_client import connect_redis, read_group
 from app.settings import Settings
 from app.unit_of_work import UnitOfWork
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, EventEnvelope
@@ -118,20 +118,15 @@ class ApprovalConsumer:
 
     async def _read(self, start: str) -> list[Entry]:
         block = None if start != ">" else self.settings.consumer_block_ms
-        # RESP2 replies: [(stream, [(entry id, fields), ...])]
-        reply = cast(
-            "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
-            await self._redis.xreadgroup(
-                GROUP,
-                self.name,
-                {STREAM: start},
-                count=self.settings.consumer_batch_size,
-                block=block,
-            ),
+        messages = await read_group(
+            self._redis,
+            STREAM,
+            GROUP,
+            self.name,
+            start,
+            count=self.settings.consumer_batch_size,
+            block_ms=block,
         )
-        if not reply:
-            return []
-        [(_, messages)] = reply
         entries = [Entry(entry_id, fields or None) for entry_id, fields in messages]
         if start != ">":
             await self._count_deliveries(entries)
@@ -278,7 +273,7 @@ class ApprovalConsumer:
         )
 
     async def _record_failure(self, delivery: Delivery, reason: str) -> bool:
-        clean = Delivery(_clean(delivery.envelope), delivery.attempts)
+        clean = Delivery(storable(delivery.envelope, EventEnvelope), delivery.attempts)
         while not self._stop.is_set():
             try:
                 await service.record_failure(UnitOfWork(self._pool), clean, reason)
@@ -317,14 +312,8 @@ def _entry_time(entry_id: str) -> datetime:
     return datetime.fromtimestamp(int(entry_id.split("-", 1)[0]) / 1000, UTC)
 
 
-def _clean(envelope: EventEnvelope) -> EventEnvelope:
-    """PostgreSQL text and jsonb cannot hold NUL characters; keep them visible instead."""
-    encoded = msgspec.json.encode(envelope).replace(b"\\u0000", b"\\\\u0000")
-    return msgspec.json.decode(encoded, type=EventEnvelope)
-
-
-async def run(settings: Settings) -> None:
-    stop = stop_on_signals()
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or stop_on_signals()
     pool = await create_pool(settings, max_size=settings.consumer_concurrency + 2)
     # BLOCK stays well below the socket time-out, so a blocking read is never cut.
     client = connect_redis(

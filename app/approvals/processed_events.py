@@ -54,10 +54,15 @@ class ProcessedEventRepository:
         self._db = connection
 
     async def is_event_processed(self, event_id: str) -> bool:
-        found = await self._db.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)", event_id
+        return bool(await self.processed_among([event_id]))
+
+    async def processed_among(self, event_ids: Sequence[str]) -> set[str]:
+        """Those of `event_ids` already recorded."""
+        rows = await self._db.fetch(
+            "SELECT event_id FROM processed_events WHERE event_id = ANY($1::text[])",
+            list(event_ids),
         )
-        return bool(found)
+        return {row["event_id"] for row in rows}
 
     async def record_processed_event(self, row: ProcessedEventRow) -> bool:
         """Record an event's outcome; False when its event_id is already recorded."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -14,11 +14,13 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
 from app.errors import ErrorBody
+from app.inbound import intake
+from app.inbound.events import read_event
+from app.inbound.intake import Receipt
 from app.unit_of_work import UnitOfWork
 from app.validation import RequestValidationError, convert_object, decode_json
-from app.webhooks import service, standard
+from app.webhooks import standard
 from app.webhooks.guard import RateLimiter, SourceGuard
-from app.webhooks.schemas import Receipt, SnsReceipt, WebhookHealth, read_event
 from app.webhooks.sns import SnsMessage, SnsVerifier, subscribe_url_for
 from app.webhooks.standard import SignatureError
 
@@ -27,6 +29,17 @@ log = logging.getLogger(__name__)
 MAX_WEBHOOK_BODY = 256 * 1024
 SNS_TYPE_HEADER = "x-amz-sns-message-type"
 ACCEPTED_MEDIA_TYPES = ("application/json", "text/plain")  # SNS posts text/plain
+
+
+class SnsReceipt(msgspec.Struct, frozen=True):
+    status: Literal["subscription_confirmed", "unsubscribe_confirmed"]
+    message_id: str
+
+
+class WebhookHealth(msgspec.Struct, frozen=True):
+    status: Literal["ok"]
+    service: Literal["webhook-handler"]
+    timestamp: datetime
 
 
 class Forbidden(HTTPException):
@@ -119,7 +132,7 @@ class WebhookController(Controller):
         if request.headers.get(SNS_TYPE_HEADER):
             return await self._sns(decode_json(body), uow, receiver)
         receiver.authenticate_direct(dict(request.headers), body)
-        return await service.accept(uow, read_event(decode_json(body)))
+        return await intake.accept(uow, read_event(decode_json(body)))
 
     async def _sns(
         self, document: Any, uow: UnitOfWork, receiver: WebhookReceiver
@@ -138,7 +151,7 @@ class WebhookController(Controller):
             inner = msgspec.json.decode(message.message)
         except msgspec.DecodeError as error:
             raise RequestValidationError.single("Message", f"malformed JSON: {error}") from error
-        return await service.accept(uow, read_event(inner, default_event_id=message.message_id))
+        return await intake.accept(uow, read_event(inner, default_event_id=message.message_id))
 
     @get("/health", summary="The webhook handler answers (the seed's health check)")
     async def health(self) -> WebhookHealth:

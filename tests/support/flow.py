@@ -14,7 +14,7 @@ import redis.asyncio as redis
 from outbox import ENTITY_PERMISSIONS_EVENTS, EventEnvelope, enqueue, new_event
 from tests.support.markets import REGISTER, seed_body
 from tests.support.outbox import StreamReport, check_stream_against_outbox, unpublished, wait_until
-from tests.support.processes import ManagedProcess, start_api
+from tests.support.processes import ManagedProcess, free_port, start_api
 from tests.support.redis_server import RedisServer
 
 
@@ -77,6 +77,14 @@ class Flow:
         return self.launch(
             "app.approvals", f"consumer-{slot}", CONSUMER_SLOT=str(slot), **overrides
         )
+
+    def start_simulator(self, **overrides: str) -> tuple[ManagedProcess, str]:
+        """The Entity Permissions Core simulator on a free port; returns its base URL."""
+        port = free_port()
+        process = self.launch("simulator", "epc", EPC_PORT=str(port), **overrides)
+        base_url = f"http://127.0.0.1:{port}"
+        process.wait_http_ok(f"{base_url}/health")
+        return process, base_url
 
     def start_api(self, name: str = "api") -> tuple[ManagedProcess, str]:
         process, base_url = start_api(self.env(), self.log_dir, name)

@@ -1,4 +1,4 @@
-"""The webhook's wire format: the seed's snake_case event, directly or inside SNS."""
+"""The seed's snake_case event, as the webhook receives it and the polling feed serves it."""
 
 from __future__ import annotations
 
@@ -33,22 +33,6 @@ class DecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
     decision: Literal["approved", "rejected"]
     entity_id: uuid.UUID | None = None
     reason: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
-
-
-class Receipt(msgspec.Struct, frozen=True):
-    status: Literal["accepted", "already_processed"]
-    event_id: str
-
-
-class SnsReceipt(msgspec.Struct, frozen=True):
-    status: Literal["subscription_confirmed", "unsubscribe_confirmed"]
-    message_id: str
-
-
-class WebhookHealth(msgspec.Struct, frozen=True):
-    status: Literal["ok"]
-    service: Literal["webhook-handler"]
-    timestamp: datetime
 
 
 def read_event(document: Any, *, default_event_id: str | None = None) -> EventEnvelope:

@@ -1,0 +1,18 @@
+"""`python -m simulator` (`make epc`): serve the simulator on EPC_HOST:EPC_PORT."""
+
+import logging
+
+from app.process import serve_http
+from simulator.app import SimulatorSettings
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [epc] %(name)s: %(message)s"
+    )
+    settings = SimulatorSettings.from_environment()
+    serve_http("simulator.app:create_app", settings.host, settings.port)
+
+
+if __name__ == "__main__":
+    main()

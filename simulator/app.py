@@ -1,0 +1,178 @@
+"""The simulator's HTTP API: requests, decisions, the polling feed, fault switches."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Litestar, MediaType, Request, Response, get, post, put
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from app.redis_client import connect_redis
+from simulator.state import AlreadyDecided, Faults, Registry, UnknownRequest
+from simulator.workers import WebhookPusher, read_approval_requests
+
+
+class SimulatorSettings(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str = "dev-epc-key"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    webhook_url: str | None = None  # unset: decisions are only served by the feed
+    webhook_secret: str | None = None
+
+    @classmethod
+    def from_environment(cls) -> SimulatorSettings:
+        names = {f.name: f"EPC_{f.name.upper()}" for f in msgspec.structs.fields(cls)}
+        names["redis_url"] = "REDIS_URL"
+        raw = {field: os.environ[env] for field, env in names.items() if os.environ.get(env)}
+        return msgspec.convert(raw, cls, strict=False)
+
+
+class Decision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    actor_id: str = "epc-admin"
+    reason: str | None = None
+
+
+def _registry(state: State) -> Registry:
+    registry: Registry = state.registry
+    return registry
+
+
+def create_app(settings: SimulatorSettings | None = None) -> Litestar:
+    settings = settings or SimulatorSettings.from_environment()
+
+    @asynccontextmanager
+    async def workers(app: Litestar) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        registry = app.state.registry = Registry()
+        client = connect_redis(settings.redis_url, "epc-simulator", decode_responses=True)
+        app.state.pusher = (
+            WebhookPusher(settings.webhook_url, settings.webhook_secret, stop)
+            if settings.webhook_url
+            else None
+        )
+        reader = asyncio.create_task(
+            read_approval_requests(client, registry, f"simulator-{socket.gethostname()}", stop)
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            await reader
+            if app.state.pusher is not None:
+                await app.state.pusher.close()
+            await client.aclose()
+
+    @get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": "entity-permissions-core-simulator"}
+
+    @get("/api/v1/requests")
+    async def requests(
+        registry: NamedDependency[Registry],
+        status: Annotated[str | None, QueryParameter()] = None,
+    ) -> list[dict[str, Any]]:
+        return [
+            msgspec.to_builtins(request)
+            for request in registry.requests.values()
+            if status is None or request.status == status
+        ]
+
+    async def decide(
+        state: State, registry: Registry, market_id: str, approved: bool, data: Decision
+    ) -> dict[str, Any]:
+        try:
+            event = registry.decide(
+                market_id, approved=approved, actor_id=data.actor_id, reason=data.reason
+            )
+        except UnknownRequest:
+            raise NotFoundException(f"no approval request for market {market_id}") from None
+        except AlreadyDecided:
+            raise HTTPException(status_code=409, detail=f"market {market_id} is decided") from None
+        if state.pusher is not None:
+            state.pusher.push(event)
+        return event
+
+    @post("/api/v1/requests/{market_id:str}/approve", status_code=200)
+    async def approve(
+        state: State,
+        registry: NamedDependency[Registry],
+        market_id: FromPath[str],
+        data: JSONBody[Decision | None] = None,
+    ) -> dict[str, Any]:
+        return await decide(state, registry, market_id, True, data or Decision())
+
+    @post("/api/v1/requests/{market_id:str}/reject", status_code=200)
+    async def reject(
+        state: State,
+        registry: NamedDependency[Registry],
+        market_id: FromPath[str],
+        data: JSONBody[Decision | None] = None,
+    ) -> dict[str, Any]:
+        return await decide(state, registry, market_id, False, data or Decision(reason="rejected"))
+
+    @get("/api/v1/events")
+    async def events(
+        request: Request[Any, Any, Any],
+        registry: NamedDependency[Registry],
+        after: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 100,
+    ) -> Response[Any]:
+        offered = request.headers.get("x-api-key", "")
+        if not hmac.compare_digest(offered, settings.api_key):
+            raise NotAuthorizedException("missing or wrong X-API-Key")
+        faults = registry.faults
+        if faults.latency_ms:
+            await asyncio.sleep(faults.latency_ms / 1000)
+        if faults.error_status:
+            return Response(
+                {"error": "simulated failure"},
+                status_code=faults.error_status,
+                headers={"Retry-After": "1"} if faults.error_status in (429, 503) else None,
+            )
+        if faults.malformed:
+            return Response(b"<html>not json", media_type=MediaType.HTML)
+        if after is not None and not after.isdigit():
+            raise HTTPException(status_code=400, detail="after must be a cursor from this feed")
+        return Response(registry.page(after, max(1, min(limit, 1000))))
+
+    @post("/api/v1/events", status_code=201)
+    async def inject(registry: NamedDependency[Registry], data: JSONBody[Any]) -> dict[str, int]:
+        """Put any document on the feed, as a faulty Entity Permissions Core might."""
+        registry.feed.append(data)
+        return {"position": len(registry.feed)}
+
+    @get("/api/v1/faults")
+    async def get_faults(registry: NamedDependency[Registry]) -> Faults:
+        return registry.faults
+
+    @put("/api/v1/faults")
+    async def set_faults(registry: NamedDependency[Registry], data: JSONBody[Faults]) -> Faults:
+        registry.faults = data
+        return data
+
+    return Litestar(
+        route_handlers=[
+            health,
+            requests,
+            approve,
+            reject,
+            events,
+            inject,
+            get_faults,
+            set_faults,
+        ],
+        lifespan=[workers],
+        dependencies={"registry": Provide(_registry, sync_to_thread=False)},
+        logging_config=None,
+    )

@@ -1,0 +1,208 @@
+"""The polling fallback and the Entity Permissions Core simulator, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.support.flow import Flow
+from tests.support.outbox import wait_until
+from tests.test_webhook import SECRET, WEBHOOK
+
+API_KEY = "test-epc-key"
+
+
+def polling(simulator: str, **overrides: str) -> dict[str, str]:
+    """A consumer process that also polls the simulator's feed."""
+    return {
+        "PERMISSIONS_SERVICE_BASE_URL": simulator,
+        "PERMISSIONS_SERVICE_API_KEY": API_KEY,
+        "PERMISSIONS_POLL_INTERVAL_S": "0.2",
+        **overrides,
+    }
+
+
+async def requested(simulator: str, market_ids: list[str]) -> None:
+    async with httpx.AsyncClient(base_url=simulator) as http:
+
+        async def listed() -> bool:
+            pending = (await http.get("/api/v1/requests", params={"status": "pending"})).json()
+            return set(market_ids) <= {r["market_id"] for r in pending}
+
+        await wait_until(listed, 60, "the simulator to list the approval requests")
+
+
+async def approve(simulator: str, market_ids: list[str]) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=simulator) as http:
+        events = []
+        for market_id in market_ids:
+            response = await http.post(f"/api/v1/requests/{market_id}/approve", json={})
+            assert response.status_code == 200, response.text
+            events.append(response.json())
+        return events
+
+
+async def set_faults(simulator: str, **faults: Any) -> None:
+    async with httpx.AsyncClient(base_url=simulator) as http:
+        (await http.put("/api/v1/faults", json=faults)).raise_for_status()
+
+
+async def all_active(flow: Flow, market_ids: list[str], within: float = 60) -> None:
+    ids = [uuid.UUID(m) for m in market_ids]
+
+    async def active() -> bool:
+        count = await flow.db.fetchval(
+            "SELECT count(*) FROM markets WHERE id = ANY($1) AND status = 'active'", ids
+        )
+        return bool(count == len(ids))
+
+    await wait_until(active, within, f"{len(ids)} markets to become active")
+
+
+async def applied_once(flow: Flow, events: list[dict[str, Any]]) -> None:
+    ids = [e["event_id"] for e in events]
+    for table in ("processed_events", "market_approval_events"):
+        rows = await flow.db.fetch(f"SELECT event_id FROM {table} WHERE event_id = ANY($1)", ids)
+        assert sorted(r["event_id"] for r in rows) == sorted(ids), table
+    inbound = await flow.db.fetch(
+        "SELECT event_id FROM outbox WHERE stream = 'entity-permissions:events'"
+    )
+    assert sorted(r["event_id"] for r in inbound) == sorted(ids)
+
+
+async def test_polling_alone_activates_the_market(flow: Flow) -> None:
+    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
+    _, api = flow.start_api()
+    flow.launch_relay()
+    consumer = flow.launch_consumer(**polling(simulator))
+    [market] = [m["id"] for m in await flow.register_markets(api, 1)]
+    await requested(simulator, [market])
+
+    events = await approve(simulator, [market])
+
+    await all_active(flow, [market])
+    await applied_once(flow, events)
+    consumer.wait_for_log("Polled events from Entity Permissions Core")
+
+
+async def test_the_webhook_alone_activates_the_market(flow: Flow) -> None:
+    _, api = flow.start_api()
+    _, simulator = flow.start_simulator(EPC_WEBHOOK_URL=f"{api}{WEBHOOK}")
+    flow.launch_relay()
+    flow.launch_consumer()
+    [market] = [m["id"] for m in await flow.register_markets(api, 1)]
+    await requested(simulator, [market])
+
+    events = await approve(simulator, [market])
+
+    await all_active(flow, [market])
+    await applied_once(flow, events)
+
+
+async def test_both_paths_at_once_apply_each_decision_once(flow: Flow) -> None:
+    _, api = flow.start_api()
+    _, simulator = flow.start_simulator(
+        EPC_API_KEY=API_KEY, EPC_WEBHOOK_URL=f"{api}{WEBHOOK}", EPC_WEBHOOK_SECRET=SECRET
+    )
+    flow.launch_relay()
+    flow.launch_consumer(**polling(simulator))
+    markets = [m["id"] for m in await flow.register_markets(api, 5)]
+    await requested(simulator, markets)
+
+    events = await approve(simulator, markets)
+
+    await all_active(flow, markets)
+    await asyncio.sleep(1)  # several polls: the feed has served every decision again
+    await applied_once(flow, events)
+
+
+async def test_a_failing_feed_leaves_the_poller_recovering_and_losing_nothing(
+    flow: Flow,
+) -> None:
+    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
+    _, api = flow.start_api()
+    flow.launch_relay()
+    consumer = flow.launch_consumer(**polling(simulator, PERMISSIONS_SERVICE_TIMEOUT_MS="300"))
+    markets = [m["id"] for m in await flow.register_markets(api, 6)]
+    await requested(simulator, markets)
+
+    for faults, market in zip(
+        [
+            {"error_status": 500},
+            {"error_status": 429},
+            {"latency_ms": 1000},  # beyond the 300 ms time-out
+            {"malformed": True},
+            {"error_status": 503},
+            {},
+        ],
+        markets,
+        strict=True,
+    ):
+        await set_faults(simulator, **faults)
+        await approve(simulator, [market])
+        await asyncio.sleep(1.5)
+
+    await all_active(flow, markets)
+    log = consumer.log_text()
+    assert "Entity Permissions Core unavailable" in log
+    assert "Entity Permissions Core available again" in log
+    await applied_once(flow, [{"event_id": e} for e in await _feed_ids(simulator)])
+
+
+async def _feed_ids(simulator: str) -> list[str]:
+    async with httpx.AsyncClient(base_url=simulator, headers={"X-API-Key": API_KEY}) as http:
+        feed = (await http.get("/api/v1/events", params={"limit": 1000})).json()
+    return [e["event_id"] for e in feed["data"]]
+
+
+async def test_an_invalid_event_is_recorded_failed_and_passed(flow: Flow) -> None:
+    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
+    _, api = flow.start_api()
+    flow.launch_relay()
+    [market] = [m["id"] for m in await flow.register_markets(api, 1)]
+    await requested(simulator, [market])
+    async with httpx.AsyncClient(base_url=simulator) as http:
+        await http.post(
+            "/api/v1/events",
+            json={"event_id": "broken-1", "event_type": "market.approved", "payload": {}},
+        )
+        await http.post("/api/v1/events", json=["not", "an", "event"])
+    events = await approve(simulator, [market])
+    flow.launch_consumer(**polling(simulator))
+
+    await all_active(flow, [market])
+    rows = await flow.db.fetch(
+        "SELECT event_id, processing_status, processing_error FROM processed_events"
+        " WHERE processing_status = 'failed' ORDER BY event_id"
+    )
+    assert [r["event_id"] for r in rows] == ["broken-1", "epc-feed:start:1"]
+    assert all("invalid event" in r["processing_error"] for r in rows)
+    await applied_once(flow, events)
+
+
+async def test_a_poller_killed_mid_feed_loses_and_doubles_nothing(flow: Flow) -> None:
+    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
+    _, api = flow.start_api()
+    flow.launch_relay()
+    markets = [m["id"] for m in await flow.register_markets(api, 250)]
+    await requested(simulator, markets)
+    events = await approve(simulator, markets)
+    await set_faults(simulator, latency_ms=700)  # time to act between two pages
+
+    victim = flow.launch_consumer(0, **polling(simulator))
+
+    async def first_page_stored() -> bool:
+        cursor = await flow.db.fetchval("SELECT cursor FROM poller_cursors")
+        return cursor is not None
+
+    await wait_until(first_page_stored, 60, "the first page of the feed stored")
+    victim.kill()
+    cursor = await flow.db.fetchval("SELECT cursor FROM poller_cursors")
+    assert cursor in ("100", "200"), "the kill was meant to land mid-feed"
+
+    flow.launch_consumer(1, **polling(simulator))
+    await all_active(flow, markets, within=120)
+    await applied_once(flow, events)
