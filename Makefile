@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY := .venv/bin/python
 
-.PHONY: help install services services-down migrate api relay replay consume poll epc demo run test bench lint format
+.PHONY: help install services services-down migrate api relay replay cleanup consume poll epc demo run test bench alerts-check lint format
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ epc: install ## the Entity Permissions Core simulator on EPC_PORT (default 8000)
 demo: install ## in a second shell while `make run` runs: the seed's flow, step by step
 	$(PY) -m scripts.demo
 
+cleanup: migrate ## apply retention once (old published outbox rows, processed events, idempotency keys)
+	$(PY) -m relay cleanup
+
 run: migrate ## the whole service in one command (API and relay), output prefixed by process; Ctrl-C stops all
 	$(PY) -m scripts.run
 
@@ -57,6 +60,10 @@ test: services ## the test suite against real PostgreSQL and Redis
 
 bench: services ## figures on this machine (QUICK=1 for a short run): table + bench/results.json
 	QUICK=$(QUICK) $(PY) -m bench
+
+alerts-check: ## promtool check rules deploy/prometheus/alerts.yml (Debian: apt-get install prometheus)
+	@command -v promtool >/dev/null || { echo "promtool not found: install it (Debian: apt-get install prometheus)" >&2; exit 1; }
+	promtool check rules deploy/prometheus/alerts.yml
 
 lint: install ## ruff and mypy (strict on app/, outbox/, relay/, simulator/)
 	$(PY) -m ruff check .

@@ -13,11 +13,13 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
+from app.admin.controller import AdminController
 from app.db import create_pool
 from app.errors import EXCEPTION_HANDLERS, validate_request_body
 from app.health import HealthController
 from app.logging import configure_logging
 from app.markets.controller import MarketController
+from app.monitoring.metrics import FLOW, HTTP_METRICS, MetricsController
 from app.redis_client import connect_redis
 from app.settings import Settings, get_settings
 from app.unit_of_work import UnitOfWork
@@ -31,9 +33,11 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
     settings = settings or get_settings()
     configure_logging(settings)
     settings.check_secrets()
+    FLOW.polling_enabled = bool(settings.permissions_service_base_url)
 
     @asynccontextmanager
     async def connections(app: Litestar) -> AsyncIterator[None]:
+        app.state.admin_token = settings.admin_token
         app.state.db_pool = await create_pool(settings)
         app.state.redis = connect_redis(settings.redis_url, "api", socket_timeout=2)
         app.state.webhook_receiver = WebhookReceiver(
@@ -50,13 +54,21 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             await app.state.db_pool.close()
 
     return Litestar(
-        route_handlers=[HealthController, MarketController, WebhookController],
+        route_handlers=[
+            HealthController,
+            MarketController,
+            WebhookController,
+            MetricsController,
+            AdminController,
+        ],
+        middleware=[HTTP_METRICS.middleware],
         lifespan=[connections],
         dependencies={
             "db_pool": Provide(_db_pool, sync_to_thread=False),
             "redis_client": Provide(_redis_client, sync_to_thread=False),
             "uow": Provide(_unit_of_work, sync_to_thread=False),
             "receiver": Provide(_webhook_receiver, sync_to_thread=False),
+            "polling": Provide(lambda: FLOW.polling_enabled, sync_to_thread=False),
         },
         before_request=validate_request_body,
         exception_handlers=EXCEPTION_HANDLERS,

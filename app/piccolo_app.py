@@ -6,6 +6,7 @@ from piccolo.conf.apps import AppConfig
 
 from app.tables import (
     Asset,
+    EventReplay,
     IdempotencyKey,
     Market,
     MarketApprovalEvent,
@@ -25,6 +26,7 @@ APP_CONFIG = AppConfig(
         MarketApprovalEvent,
         PollerCursor,
         IdempotencyKey,
+        EventReplay,
     ],
     migration_dependencies=[],
     commands=[],

@@ -56,6 +56,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outbox_batch_size: int = 500
     outbox_poll_interval_s: float = 1.0
     outbox_retention_hours: float = 168.0
+    processed_events_retention_days: float = 30.0
+    idempotency_key_retention_hours: float = 24.0
     stream_maxlen_default: int = 1_000_000
     # Per-stream overrides, "stream=length" pairs: "markets:events=5000000".
     stream_maxlen: dict[str, int] = msgspec.field(default_factory=dict)

@@ -4,6 +4,7 @@ from piccolo.columns import (
     JSONB,
     UUID,
     BigSerial,
+    Boolean,
     ForeignKey,
     Integer,
     Numeric,
@@ -66,6 +67,17 @@ class PollerCursor(Table, tablename="poller_cursors"):
     source = Varchar(length=255, primary_key=True)
     cursor = Text(null=True, default=None)
     updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class EventReplay(Table, tablename="event_replays"):
+    """Audit of the admin API's replays of inbound events."""
+
+    id = BigSerial(primary_key=True)
+    event_id = Varchar(length=255, index=True)
+    previous_status = Varchar(length=16)
+    previous_error = Text(null=True, default=None)
+    forced = Boolean(default=False)
+    replayed_at = Timestamptz(default=TimestamptzNow())
 
 
 class IdempotencyKey(Table, tablename="idempotency_keys"):

@@ -9,8 +9,10 @@ from datetime import datetime
 
 import asyncpg
 
+from app.db import create_pool
 from app.process import start_process
-from relay import outbox_relay, poller
+from app.settings import Settings
+from relay import outbox_relay, poller, retention
 
 log = logging.getLogger("relay")
 
@@ -20,6 +22,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("outbox", help="run the outbox relay (the default)")
     commands.add_parser("poll", help="poll Entity Permissions Core's event feed")
+    commands.add_parser("cleanup", help="apply retention once")
     replay = commands.add_parser("replay", help="re-publish retained outbox rows")
     replay.add_argument(
         "--since",
@@ -30,7 +33,9 @@ def main() -> None:
     replay.add_argument("--stream", default=None, help="only this stream")
     args = parser.parse_args()
 
-    if args.command == "poll":
+    if args.command == "cleanup":
+        asyncio.run(_cleanup(start_process("cleanup")))
+    elif args.command == "poll":
         settings = start_process("poller")
         if not settings.permissions_service_base_url:
             raise SystemExit("PERMISSIONS_SERVICE_BASE_URL is not set: nothing to poll")
@@ -40,6 +45,20 @@ def main() -> None:
         asyncio.run(_replay(settings.database_url, args.since, args.stream))
     else:
         asyncio.run(outbox_relay.run(start_process("relay")))
+
+
+async def _cleanup(settings: Settings) -> None:
+    pool = await create_pool(settings, max_size=1)
+    try:
+        deleted = await retention.apply_retention(pool, settings)
+    finally:
+        await pool.close()
+    log.info(
+        "cleanup: deleted %d outbox rows, %d processed events, %d idempotency keys",
+        deleted.outbox,
+        deleted.processed_events,
+        deleted.idempotency_keys,
+    )
 
 
 async def _replay(database_url: str, since: datetime, stream: str | None) -> None:

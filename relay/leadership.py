@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import socket
 from collections.abc import Callable
 
 import asyncpg
@@ -38,6 +40,7 @@ class Leadership:
         self._heartbeat_s = heartbeat_s
         self.connection: asyncpg.Connection | None = None
         self.lost = asyncio.Event()
+        self.session_name = f"{name}:{socket.gethostname()}:{os.getpid()}"[:63]
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def acquire(self, stop: asyncio.Event) -> bool:
@@ -50,7 +53,8 @@ class Leadership:
                     self.connection = await asyncpg.connect(
                         self._database_url,
                         timeout=5,
-                        server_settings={"application_name": self.name},
+                        # Seen by the API's /metrics: who runs, and who leads.
+                        server_settings={"application_name": self.session_name},
                     )
                 if await self.connection.fetchval("SELECT pg_try_advisory_lock($1)", self._key):
                     backoff.succeeded()

@@ -35,13 +35,13 @@ from outbox import NOTIFY_CHANNEL
 from outbox.writer import Connection
 from relay.leadership import Leadership
 from relay.publisher import RedisLostData, StreamPublisher
+from relay.retention import apply_retention
 
 log = logging.getLogger("relay.outbox")
 
 LOCK_NAME: Final = "market-backend:outbox-relay"
 REDIS_CHECK_EVERY_S: Final = 1.0
 RETENTION_EVERY_S: Final = 60.0
-RETENTION_BATCH: Final = 1000
 SUMMARY_EVERY_S: Final = 10.0
 STORE_ERRORS: Final[tuple[type[Exception], ...]] = (redis.RedisError, *RETRYABLE_ERRORS)
 
@@ -86,30 +86,6 @@ async def mark_for_republish(
         )
         await connection.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
     return int(status.split()[-1])
-
-
-async def delete_expired(
-    pool: asyncpg.Pool, older_than: datetime, stop: asyncio.Event, batch: int = RETENTION_BATCH
-) -> int:
-    """Delete published rows created before `older_than`, a small transaction at a time."""
-    deleted = 0
-    while not stop.is_set():
-        status = await pool.execute(
-            """
-            DELETE FROM outbox WHERE id IN (
-                SELECT id FROM outbox
-                WHERE created_at < $1 AND published_at IS NOT NULL
-                ORDER BY id LIMIT $2
-            )
-            """,
-            older_than,
-            batch,
-        )
-        count = int(status.split()[-1])
-        deleted += count
-        if count < batch:
-            break
-    return deleted
 
 
 class OutboxRelay:
@@ -187,7 +163,7 @@ class OutboxRelay:
         self._streams_written.update(row["stream"] for row in rows)
         self._published += len(rows)
         self._batches += 1
-        log.debug("appended batch", extra={"count": len(rows), "first": ids[0], "last": ids[-1]})
+        log.debug("appended %d rows", len(rows), extra={"outbox_id": f"{ids[0]}-{ids[-1]}"})
         return len(rows)
 
     async def _commit(
@@ -295,14 +271,9 @@ class OutboxRelay:
 
     async def _apply_retention(self) -> None:
         try:
-            deleted = await delete_expired(
-                self._pool, datetime.now(UTC) - self.retention, self._stop
-            )
+            await apply_retention(self._pool, self._settings, self._stop)
         except RETRYABLE_ERRORS as error:
             log.warning("retention skipped: %r", error)
-            return
-        if deleted:
-            log.info("retention: deleted %d published rows", deleted, extra={"deleted": deleted})
 
     def _log_summary(self, *, force: bool = False) -> None:
         now = time.monotonic()

@@ -126,21 +126,24 @@ class Poller:
             await sleep_unless(self._stop, self._settings.permissions_poll_interval_s)
 
     async def poll(self) -> int:
-        """Read the feed from the stored cursor to its end; returns how many events came."""
+        """Read the feed from the stored cursor to its end; returns how many events came.
+
+        Every page is saved with the cursor it leads to, even an empty one: the cursor
+        row's updated_at is the poller's last success, which /metrics reports.
+        """
         async with UnitOfWork(self._pool) as uow:
             cursor = await uow.cursors.get(SOURCE)
         total = 0
         while not self._stop.is_set():
             page = await self._feed.page(cursor)
-            await self._store(page, cursor)
+            after, cursor = cursor, page.next_cursor if page.next_cursor is not None else cursor
+            await self._store(page, after, cursor)
             total += len(page.data)
-            if page.next_cursor is not None:
-                cursor = page.next_cursor
             if not page.has_more or page.next_cursor is None:
                 break
         return total
 
-    async def _store(self, page: Page, after: str | None) -> None:
+    async def _store(self, page: Page, after: str | None, cursor: str | None) -> None:
         valid: list[EventEnvelope] = []
         invalid: list[ProcessedEventRow] = []
         for position, document in enumerate(page.data):
@@ -153,8 +156,7 @@ class Poller:
                 await enqueue_new(uow, valid)
             if invalid:
                 await uow.processed_events.record_processed_events(invalid)
-            if page.next_cursor is not None:
-                await uow.cursors.save(SOURCE, page.next_cursor)
+            await uow.cursors.save(SOURCE, cursor)
             await uow.commit()
         for row in invalid:
             log.warning(

@@ -28,7 +28,7 @@ REDIS_URL = os.environ.get(
 )
 TABLES = (
     "markets, assets, outbox, processed_events, market_approval_events, poller_cursors, "
-    "idempotency_keys"
+    "idempotency_keys, event_replays"
 )
 
 

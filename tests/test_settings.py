@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from app.logging import JsonFormatter
 from app.settings import ConfigError, load_settings
 from tests.support.processes import ROOT
 
@@ -112,3 +114,22 @@ def test_stream_lengths_are_set_per_stream() -> None:
     assert settings.maxlen_of("entity-permissions:events:dead") == 1_000_000
     with pytest.raises(ConfigError, match="STREAM_MAXLEN"):
         load_settings({"STREAM_MAXLEN": "markets:events"}, dotenv=None)
+
+
+def test_production_logs_are_json_lines_with_their_fields() -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": "inbound",
+            "levelname": "INFO",
+            "msg": "inbound event %s: %s",
+            "args": ("e-1", "accepted"),
+            "event_id": "e-1",
+            "market_id": "m-1",
+        }
+    )
+
+    line = json.loads(JsonFormatter().format(record))
+
+    assert line["message"] == "inbound event e-1: accepted"
+    assert line["event_id"] == "e-1" and line["market_id"] == "m-1"
+    assert line["level"] == "info"

@@ -252,7 +252,11 @@ class ApprovalConsumer:
             entry.deliveries,
             self.settings.max_deliveries,
             reason,
-            extra={"event_id": delivery.envelope.event_id},
+            extra={
+                "event_id": delivery.envelope.event_id,
+                "market_id": delivery.envelope.aggregate_id,
+                "outbox_id": (entry.fields or {}).get("outbox_id"),
+            },
         )
         if entry.deliveries < self.settings.max_deliveries:
             return False

@@ -16,6 +16,7 @@ class PollerCursorRepository:
         return cursor
 
     async def save(self, source: str, cursor: str | None) -> None:
+        """Store the cursor (None before the feed gave one) and when it was last read."""
         await self._connection.execute(
             """
             INSERT INTO poller_cursors (source, cursor, updated_at) VALUES ($1, $2, now())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Literal
 
@@ -9,6 +10,8 @@ import msgspec
 
 from app.unit_of_work import UnitOfWork
 from outbox import ENTITY_PERMISSIONS_EVENTS, EventEnvelope
+
+log = logging.getLogger("inbound")
 
 
 class Receipt(msgspec.Struct, frozen=True):
@@ -35,4 +38,13 @@ async def accept(uow: UnitOfWork, event: EventEnvelope) -> Receipt:
     async with uow:
         inserted = await enqueue_new(uow, [event])
         await uow.commit()
-    return Receipt("accepted" if inserted else "already_processed", event.event_id)
+    status: Literal["accepted", "already_processed"] = (
+        "accepted" if inserted else "already_processed"
+    )
+    log.info(
+        "inbound event %s: %s",
+        event.event_id,
+        status,
+        extra={"event_id": event.event_id, "market_id": event.aggregate_id},
+    )
+    return Receipt(status, event.event_id)

@@ -1,0 +1,1 @@
+"""The admin API: processed events, replays, the seed's monitoring figures and alerts."""

@@ -1,0 +1,128 @@
+"""/api/v1/admin: behind ADMIN_TOKEN (Bearer; 401 without it, 403 when wrong)."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath, QueryParameter
+
+from app.admin import figures
+from app.admin.figures import Alert, Stats
+from app.admin.replay import NotReplayable, UnknownEvent, replay
+from app.approvals.domain import Status
+from app.approvals.processed_events import ProcessedEvent
+from app.unit_of_work import UnitOfWork
+
+
+def require_admin_token(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    expected: str | None = connection.app.state.admin_token
+    if not expected:
+        raise PermissionDeniedException("the admin API is disabled: ADMIN_TOKEN is not set")
+    scheme, _space, offered = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not offered:
+        raise NotAuthorizedException("Authorization: Bearer <ADMIN_TOKEN> required")
+    if not hmac.compare_digest(offered.encode(), expected.encode()):
+        raise PermissionDeniedException("wrong admin token")
+
+
+class ProcessedEventPage(msgspec.Struct, frozen=True):
+    items: list[ProcessedEvent]
+    limit: int
+    offset: int
+
+
+class ReplayReceipt(msgspec.Struct, frozen=True):
+    status: Literal["replayed"]
+    event_id: str
+    forced: bool
+
+
+class AlertList(msgspec.Struct, frozen=True):
+    alerts: list[Alert]
+
+
+class AdminController(Controller):
+    path = "/api/v1/admin"
+    tags = ["admin"]
+    guards = [require_admin_token]
+
+    @get("/processed-events", summary="List processed events, newest first")
+    async def list_events(
+        self,
+        *,
+        uow: NamedDependency[UnitOfWork],
+        status: Annotated[Status | None, QueryParameter()] = None,
+        event_type: Annotated[str | None, QueryParameter(name="type")] = None,
+        source: Annotated[str | None, QueryParameter()] = None,
+        since: Annotated[datetime | None, QueryParameter()] = None,
+        until: Annotated[datetime | None, QueryParameter()] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    ) -> ProcessedEventPage:
+        async with uow:
+            items = await uow.processed_events.list_processed_events(
+                status=status,
+                event_type=event_type,
+                source=source,
+                since=since,
+                until=until,
+                limit=limit,
+                offset=offset,
+            )
+        return ProcessedEventPage(items, limit, offset)
+
+    @get("/processed-events/{event_id:str}", summary="One processed event")
+    async def get_event(
+        self, uow: NamedDependency[UnitOfWork], event_id: FromPath[str]
+    ) -> ProcessedEvent:
+        async with uow:
+            event = await uow.processed_events.find_processed_event_by_id(event_id)
+        if event is None:
+            raise NotFoundException(f"no processed event {event_id}")
+        return event
+
+    @post(
+        "/processed-events/{event_id:str}/replay",
+        status_code=202,
+        summary="Replay a failed or dead-lettered event (a success only with force=true)",
+    )
+    async def replay_event(
+        self,
+        uow: NamedDependency[UnitOfWork],
+        event_id: FromPath[str],
+        force: Annotated[bool, QueryParameter()] = False,
+    ) -> ReplayReceipt:
+        try:
+            await replay(uow, event_id, force=force)
+        except UnknownEvent:
+            raise NotFoundException(f"no processed event {event_id}") from None
+        except NotReplayable as refused:
+            raise HTTPException(status_code=409, detail=str(refused)) from None
+        return ReplayReceipt("replayed", event_id, force)
+
+    @get("/stats", summary="The seed's monitoring figures over 24 hours")
+    async def stats(self, uow: NamedDependency[UnitOfWork]) -> Stats:
+        async with uow:
+            return await figures.stats(uow.connection)
+
+    @get("/alerts", summary="The seed's alert rules, evaluated now")
+    async def alerts(
+        self, uow: NamedDependency[UnitOfWork], polling: NamedDependency[bool]
+    ) -> AlertList:
+        async with uow:
+            return AlertList(await figures.alerts(uow.connection, polling_enabled=polling))

@@ -1,0 +1,1 @@
+"""What operators look at: flow metrics, the seed's monitoring figures and alerts."""

@@ -1,0 +1,285 @@
+"""Operations: /metrics, the admin API, alerts on crafted data, retention, replay."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from outbox import ENTITY_PERMISSIONS_DEAD
+from tests.conftest import service_env
+from tests.support.flow import Flow, decision_event
+from tests.support.outbox import seed_outbox, wait_until
+from tests.support.processes import ManagedProcess, start_api
+from tests.test_webhook import WEBHOOK, seed_event
+
+TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample of the exposition text, None when absent."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def scrape(http: httpx.AsyncClient) -> str:
+    response = await http.get("/metrics")
+    assert response.status_code == 200
+    return response.text
+
+
+async def test_metrics_move_through_register_approve_and_fail(flow: Flow) -> None:
+    _, api = flow.start_api()
+    relay = flow.launch_relay()
+    relay.wait_for_log("leading")
+    flow.launch_consumer()
+    async with httpx.AsyncClient(base_url=api) as http:
+        before = await scrape(http)
+        assert metric(before, "market_processed_events_recent", status="success", window="1h") == 0
+        assert metric(before, "market_relay_processes") == 1
+        assert metric(before, "market_relay_leader") == 1
+        assert metric(before, "market_polling_enabled") == 0
+
+        [market] = await flow.register_markets(api, 1)
+        await http.post(WEBHOOK, json=seed_event(market["id"]))
+        await http.post(WEBHOOK, json=seed_event(str(uuid.uuid4())))  # an unknown market
+
+        async def both_recorded() -> bool:
+            return bool(await flow.db.fetchval("SELECT count(*) FROM processed_events") == 2)
+
+        await wait_until(both_recorded, 60, "both decisions processed")
+        after = await scrape(http)
+
+    assert metric(after, "market_processed_events_recent", status="success", window="1h") == 1
+    assert metric(after, "market_processed_events_recent", status="failed", window="1h") == 1
+    assert (
+        metric(after, "market_processed_events", status="success", event_type="market.approved")
+        == 1
+    )
+    assert metric(after, "market_decision_latency_seconds_gcount") == 1
+    assert metric(after, "market_stream_length", stream="markets:events") >= 4
+    assert metric(after, "market_stream_group_pending", stream="entity-permissions:events") == 0
+    assert (
+        metric(after, "market_stream_consumer_idle_seconds", group="market-approvals") is not None
+    )
+    assert metric(after, "market_outbox_backlog") is not None
+    assert metric(after, "market_dependency_up", dependency="redis") == 1
+    assert "market_requests_total" in after or "market_request" in after  # Litestar's HTTP metrics
+
+
+@pytest.fixture(scope="module")
+def admin_api(log_dir: Path) -> Iterator[str]:
+    process, base_url = start_api(service_env(ADMIN_TOKEN=TOKEN), log_dir, "api-admin")
+    yield base_url
+    process.stop()
+
+
+@pytest.fixture
+async def admin(admin_api: str, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=admin_api) as http:
+        yield http
+
+
+@pytest.mark.parametrize("path", ["/processed-events", "/processed-events/x", "/stats", "/alerts"])
+async def test_admin_endpoints_refuse_a_missing_or_wrong_token(
+    admin: httpx.AsyncClient, path: str
+) -> None:
+    url = f"/api/v1/admin{path}"
+    assert (await admin.get(url)).status_code == 401
+    assert (await admin.get(url, headers={"Authorization": "Bearer nope"})).status_code == 403
+    assert (await admin.get(url, headers={"Authorization": f"Basic {TOKEN}"})).status_code == 401
+    replay = await admin.post(
+        "/api/v1/admin/processed-events/x/replay", headers={"Authorization": "Bearer nope"}
+    )
+    assert replay.status_code == 403
+
+
+async def test_without_admin_token_the_admin_api_is_closed(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/admin/stats", headers=ADMIN)
+
+    assert response.status_code == 403
+    assert "ADMIN_TOKEN" in response.json()["detail"]
+
+
+async def record(db: asyncpg.Connection, status: str, count: int, age: str = "1 minute") -> None:
+    await db.execute(
+        """
+        INSERT INTO processed_events (event_id, event_type, source, processing_status, payload,
+                                      received_at, processed_at)
+        SELECT gen_random_uuid()::text, 'market.approved', 'entity_permissions_core', $1, '{}',
+               now() - $3::text::interval, now() - $3::text::interval
+        FROM generate_series(1, $2)
+        """,
+        status,
+        count,
+        age,
+    )
+
+
+async def alerts(http: httpx.AsyncClient) -> dict[str, bool]:
+    response = await http.get("/api/v1/admin/alerts", headers=ADMIN)
+    assert response.status_code == 200
+    return {a["name"]: a["firing"] for a in response.json()["alerts"]}
+
+
+async def test_each_alert_flips_on_crafted_data(
+    admin: httpx.AsyncClient, db: asyncpg.Connection, log_dir: Path
+) -> None:
+    assert await alerts(admin) == {
+        "FailedEventRateHigh": False,
+        "NoEventsReceived": False,
+        "PollingEnabled": False,
+    }
+
+    await record(db, "success", 2, age="2 hours")  # traffic seen today, none lately
+    assert (await alerts(admin))["NoEventsReceived"]
+
+    await record(db, "success", 100)
+    await record(db, "failed", 5)  # 4.8 %: under the threshold
+    firing = await alerts(admin)
+    assert not firing["NoEventsReceived"]
+    assert not firing["FailedEventRateHigh"]
+
+    await record(db, "failed", 2)  # 6.5 %
+    assert (await alerts(admin))["FailedEventRateHigh"]
+
+    process, base_url = start_api(
+        service_env(ADMIN_TOKEN=TOKEN, PERMISSIONS_SERVICE_BASE_URL="http://127.0.0.1:9"),
+        log_dir,
+        "api-polling",
+    )
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            assert (await alerts(http))["PollingEnabled"]
+    finally:
+        process.stop()
+
+
+async def test_stats_give_the_seed_figures(
+    admin: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await record(db, "success", 9)
+    await record(db, "failed", 1)
+    await db.execute(
+        """
+        INSERT INTO market_approval_events
+               (market_id, event_id, decision, occurred_at, processed_at)
+        SELECT gen_random_uuid(), 'lat-' || g, 'approved',
+               now() - (g || ' seconds')::interval, now()
+        FROM generate_series(1, 100) AS g
+        """
+    )
+
+    stats = (await admin.get("/api/v1/admin/stats", headers=ADMIN)).json()
+
+    assert stats["total"] == 10
+    assert stats["success_rate_percent"] == 90.0
+    assert stats["failed"] == 1 and stats["failed_last_hour"] == 1
+    assert 49 <= stats["latency_p50_s"] <= 52
+    assert 94 <= stats["latency_p95_s"] <= 96
+    assert 98 <= stats["latency_p99_s"] <= 100
+
+
+async def test_processed_events_are_listed_filtered_and_found(
+    admin: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await record(db, "success", 3)
+    await record(db, "failed", 2)
+
+    url = "/api/v1/admin/processed-events"
+    failed = (await admin.get(url, params={"status": "failed"}, headers=ADMIN)).json()
+    assert len(failed["items"]) == 2
+    event_id = failed["items"][0]["event_id"]
+    one = await admin.get(f"/api/v1/admin/processed-events/{event_id}", headers=ADMIN)
+    assert one.json()["processing_status"] == "failed"
+    missing = await admin.get("/api/v1/admin/processed-events/nope", headers=ADMIN)
+    assert missing.status_code == 404
+    bad = await admin.get(url, params={"status": "odd"}, headers=ADMIN)
+    assert bad.status_code == 400
+
+
+async def test_replaying_a_dead_lettered_event_applies_it_exactly_once(flow: Flow) -> None:
+    flow._env = {**flow._env, "ADMIN_TOKEN": TOKEN}
+    _, api = flow.start_api()
+    flow.launch_relay()
+    [market] = await flow.register_markets(api, 1)
+    consumer = flow.launch_consumer(0, MAX_DELIVERIES="2", CLAIM_IDLE_MS="200")
+    consumer.wait_for_log("consuming")
+    # PostgreSQL cannot store this reason: dead-lettered, recorded failed (escaped).
+    await flow.xadd_decision(
+        decision_event(market["id"], "rejected", event_id="dlq-1", reason="\x00")
+    )
+
+    async def dead() -> bool:
+        return bool(await flow.stream.xlen(ENTITY_PERMISSIONS_DEAD))
+
+    await wait_until(dead, 60, "the entry dead-lettered")
+
+    async with httpx.AsyncClient(base_url=api, headers=ADMIN) as http:
+        replayed = await http.post("/api/v1/admin/processed-events/dlq-1/replay")
+        assert replayed.status_code == 202, replayed.text
+
+        async def rejected() -> bool:
+            body = (await http.get(f"/api/v1/markets/{market['id']}")).json()
+            return bool(body["market"]["status"] == "rejected")
+
+        await wait_until(rejected, 60, "the replayed decision applied")
+        again = await http.post("/api/v1/admin/processed-events/dlq-1/replay")
+        assert again.status_code == 409  # a success replays only when forced
+        forced = await http.post("/api/v1/admin/processed-events/dlq-1/replay?force=true")
+        assert forced.status_code == 202
+
+        async def skipped() -> bool:
+            status = await flow.db.fetchval(
+                "SELECT processing_status FROM processed_events WHERE event_id = 'dlq-1'"
+            )
+            return bool(status == "skipped")
+
+        await wait_until(skipped, 60, "the forced replay recorded skipped")
+
+    assert await flow.db.fetchval("SELECT count(*) FROM market_approval_events") == 1
+    rejections = await flow.db.fetchval(
+        "SELECT count(*) FROM outbox WHERE event_type = 'market.rejected'"
+        " AND stream = 'markets:events'"
+    )
+    assert rejections == 1
+    audit = await flow.db.fetch("SELECT previous_status, forced FROM event_replays ORDER BY id")
+    assert [(a["previous_status"], a["forced"]) for a in audit] == [
+        ("failed", False),
+        ("success", True),
+    ]
+
+
+async def test_retention_deletes_only_what_is_old(db: asyncpg.Connection, log_dir: Path) -> None:
+    await record(db, "success", 3, age="40 days")
+    await record(db, "success", 2, age="1 day")
+    await seed_outbox(db, 4, age="200 hours", published=True)
+    await seed_outbox(db, 3, age="200 hours", published=False)
+    await seed_outbox(db, 5, age="1 hour", published=True)
+    await db.execute(
+        """
+        INSERT INTO idempotency_keys (key, request_fingerprint, response_status, response_body,
+                                      created_at)
+        VALUES ('old', 'f', 201, '{}', now() - interval '2 days'), ('new', 'f', 201, '{}', now())
+        """
+    )
+
+    cleanup = ManagedProcess("cleanup", ["-m", "relay", "cleanup"], service_env(), log_dir)
+    assert cleanup.process.wait(60) == 0, cleanup.log_tail()
+
+    assert await db.fetchval("SELECT count(*) FROM processed_events") == 2
+    outbox = await db.fetch("SELECT published_at IS NULL AS waiting FROM outbox")
+    assert sorted(r["waiting"] for r in outbox) == [False] * 5 + [True] * 3
+    assert [r["key"] for r in await db.fetch("SELECT key FROM idempotency_keys")] == ["new"]
+    assert "deleted 4 outbox rows, 3 processed events, 1 idempotency keys" in cleanup.log_text()
