@@ -75,13 +75,14 @@ class ApprovalConsumer:
 
     async def run(self) -> None:
         log.info("consuming %s as %s in group %s", STREAM, self.name, GROUP)
-        own_pending = True
+        # After a restart, first (once) what this consumer was given and never acked;
+        # what fails again stays pending and comes back through XAUTOCLAIM.
+        own_pending: str | None = "0"
         while not self._stop.is_set():
             try:
-                if own_pending:
-                    # After a restart, first what this consumer was given and never acked.
-                    entries = await self._read("0")
-                    own_pending = bool(entries)
+                if own_pending is not None:
+                    entries = await self._read(own_pending)
+                    own_pending = entries[-1].id if entries else None
                 else:
                     entries = await self._claim_idle() or await self._read(">")
                 self._redis_backoff.succeeded()
