@@ -59,6 +59,9 @@ test: services ## the test suite against real PostgreSQL and Redis
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: services ## figures on this machine (QUICK=1 for a short run): table + bench/results.json
+	@command -v wrk >/dev/null || { echo "bench: installing wrk (the load generator)"; \
+		apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } || \
+		{ echo "bench: wrk is needed: install it (Debian: apt-get install wrk)" >&2; exit 1; }
 	QUICK=$(QUICK) $(PY) -m bench
 
 alerts-check: ## promtool check rules deploy/prometheus/alerts.yml (Debian: apt-get install prometheus)

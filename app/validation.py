@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, TypeVar
 
@@ -57,7 +58,7 @@ def convert_object(document: Any, struct_type: type[T]) -> T:
             [FieldError("body", f"expected a JSON object, got {_json_kind(kind)}")]
         )
     errors: list[FieldError] = []
-    fields = msgspec.structs.fields(struct_type)
+    fields = _fields(struct_type)
     known = {f.encode_name for f in fields}
     for field in fields:
         if field.encode_name not in document:
@@ -76,6 +77,12 @@ def convert_object(document: Any, struct_type: type[T]) -> T:
         return msgspec.convert(document, struct_type)
     except msgspec.ValidationError as exc:  # a rule spanning fields
         raise RequestValidationError([_field_error("body", exc)]) from exc
+
+
+@functools.cache
+def _fields(struct_type: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInfo, ...]:
+    """msgspec resolves a struct's annotations on every call: once per type is enough."""
+    return msgspec.structs.fields(struct_type)
 
 
 def _field_error(name: str, exc: msgspec.ValidationError) -> FieldError:

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from bench import tools
 from bench.support import BenchEnv, percentile
 from outbox import MARKETS_EVENTS, enqueue, new_event
 from relay.outbox_relay import MARK_PUBLISHED_SQL, SELECT_BATCH_SQL
@@ -30,7 +31,16 @@ async def drain_rate(env: BenchEnv, rows: int) -> dict[str, Any]:
     first = await env.redis.xrange(MARKETS_EVENTS, count=1)
     last = await env.redis.xrevrange(MARKETS_EVENTS, count=1)
     span_ms = _entry_ms(last[0][0]) - _entry_ms(first[0][0])
-    return {"rows": rows, "seconds": span_ms / 1000, "events_per_s": rows / max(span_ms, 1) * 1000}
+    fields = {k.decode(): v.decode() for k, v in first[0][1].items()}
+    xadd_limit = await asyncio.to_thread(
+        tools.redis_xadd_limit, env.redis_server.port, min(rows, 200_000), fields
+    )
+    return {
+        "rows": rows,
+        "seconds": span_ms / 1000,
+        "events_per_s": rows / max(span_ms, 1) * 1000,
+        "redis_xadd_limit_per_s": xadd_limit,
+    }
 
 
 async def postgres_drain_limit(env: BenchEnv, rows: int) -> dict[str, Any]:

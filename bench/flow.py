@@ -1,0 +1,129 @@
+"""Registration against pgbench, and webhook -> market active end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from bench import tools
+from bench.consumer import seed_pending_markets
+from bench.http_load import paced_posts
+from bench.support import BenchEnv, peak_rss_mb, percentile
+from tests.support.processes import ManagedProcess, free_port
+
+WEBHOOK = "/api/v1/webhooks/entity-permissions"
+
+
+def start_api(env: BenchEnv, name: str) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    process = ManagedProcess(
+        name,
+        ["-m", "app"],
+        env.process_env(
+            HTTP_PORT=str(port), DATABASE_POOL_MAX="32", WEBHOOK_RATE_LIMIT_PER_MINUTE="10000000"
+        ),
+        env.log_dir,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    process.wait_http_ok(f"{base_url}/health")
+    return process, base_url
+
+
+async def register(env: BenchEnv, seconds: int) -> dict[str, Any]:
+    """wrk at concurrency 32 against the API; pgbench of the same transaction, same run."""
+    await env.reset()
+    api, base_url = start_api(env, "bench-api-register")
+    try:
+        load = await asyncio.to_thread(tools.wrk, f"{base_url}/api/v1/markets/register", seconds)
+        rss = peak_rss_mb(api.process.pid)
+    finally:
+        api.stop()
+    await env.reset()
+    tps = await asyncio.to_thread(
+        tools.pgbench, env.database_url, tools.HERE / "register.sql", seconds
+    )
+    return {
+        **load,
+        "pgbench_tps": tps,
+        "ratio": load["requests_per_s"] / tps,
+        "api_peak_rss_mb": rss,
+    }
+
+
+async def webhook_to_active(env: BenchEnv, rate: int, seconds: int) -> dict[str, Any]:
+    """Decisions posted to the webhook at `rate`/s; latency until the market is active."""
+    await env.reset()
+    markets = await seed_pending_markets(env, rate * seconds)
+    api, base_url = start_api(env, "bench-api-e2e")
+    relay = ManagedProcess("bench-relay-e2e", ["-m", "relay"], env.process_env(), env.log_dir)
+    consumer = ManagedProcess(
+        "bench-consumer-e2e", ["-m", "app.approvals"], env.process_env(), env.log_dir
+    )
+    try:
+        relay.wait_for_log("leading")
+        consumer.wait_for_log("consuming")
+        sent = await _post_decisions(base_url, markets, rate)
+        deadline = time.monotonic() + 120
+        while await env.db.fetchval("SELECT count(*) FROM markets WHERE status = 'active'") < len(
+            markets
+        ):
+            assert time.monotonic() < deadline, consumer.log_tail()
+            await asyncio.sleep(0.2)
+        rss = {
+            "api": peak_rss_mb(api.process.pid),
+            "relay": peak_rss_mb(relay.process.pid),
+            "consumer": peak_rss_mb(consumer.process.pid),
+        }
+    finally:
+        for process in (consumer, relay, api):
+            process.stop()
+    rows = await env.db.fetch(
+        """
+        SELECT m.id::text AS id, m.decided_at, o.created_at AS accepted, o.published_at
+        FROM markets m JOIN outbox o ON o.aggregate_id = m.id::text
+        WHERE o.stream = 'entity-permissions:events'
+        """
+    )
+    latencies = [(row["decided_at"].timestamp() - sent[row["id"]]) * 1000 for row in rows]
+    # Where the time goes: POST -> accepted (outbox row), -> on the stream, -> decided.
+    stages = {
+        "webhook_ms": [(row["accepted"].timestamp() - sent[row["id"]]) * 1000 for row in rows],
+        "relay_ms": [
+            (row["published_at"] - row["accepted"]).total_seconds() * 1000 for row in rows
+        ],
+        "consumer_ms": [
+            (row["decided_at"] - row["published_at"]).total_seconds() * 1000 for row in rows
+        ],
+    }
+    return {
+        "rate_per_s": rate,
+        "decisions": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "stages_p50_p99_ms": {
+            name: [percentile(values, 50), percentile(values, 99)]
+            for name, values in stages.items()
+        },
+        "peak_rss_mb": rss,
+    }
+
+
+async def _post_decisions(base_url: str, markets: list[str], rate: int) -> dict[str, float]:
+    bodies = [
+        (
+            market_id,
+            json.dumps(
+                {
+                    "event_id": f"bench-{market_id}",
+                    "event_type": "market.approved",
+                    "source": "entity_permissions_core",
+                    "payload": {"market_id": market_id, "decision": "approved"},
+                    "context": {"actor_id": "bench-admin"},
+                }
+            ).encode(),
+        )
+        for market_id in markets
+    ]
+    return await paced_posts(base_url, WEBHOOK, bodies, rate)
