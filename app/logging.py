@@ -38,3 +38,6 @@ def configure_logging(settings: Settings, process: str = "api") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # One line per HTTP request to Entity Permissions Core is noise; failures are logged
+    # by the poller itself, once per change of state.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
