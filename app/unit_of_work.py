@@ -62,6 +62,8 @@ class UnitOfWork:
         return await outbox.enqueue(self.connection, stream, events)
 
     async def commit(self) -> None:
-        assert self._transaction is not None, "commit outside `async with`"
-        await self._transaction.commit()
-        self._transaction = None
+        transaction, self._transaction = self._transaction, None
+        assert transaction is not None, "commit outside `async with`"
+        # Whatever the commit raises is the error to report: a failed commit leaves
+        # nothing to roll back, and the pool discards a connection left in a transaction.
+        await transaction.commit()

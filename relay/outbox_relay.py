@@ -252,18 +252,24 @@ class OutboxRelay:
         self._log_summary()
 
     async def _check_redis(self) -> None:
-        """Notice a restart and streams that vanished between batches."""
+        """Notice a restart and streams that vanished between batches.
+
+        A restart loses whatever the server had not persisted, even when it comes back
+        with data (and the marker) from a snapshot: the marker holds the run_id it was
+        set on, and any other run_id means the retention window is published again.
+        """
         try:
             run_id = await self._publisher.run_id()
-            marked = await self._publisher.has_marker()
+            marker = await self._publisher.marker()
             missing = await self._publisher.missing(sorted(self._streams_written))
         except redis.RedisError:
             return  # the next batch reports it
-        if not marked:
+        if marker is None:
             await self._refill("the relay's marker is missing")
             return
-        if self._run_id is not None and run_id != self._run_id:
-            log.info("Redis restarted (run_id %s -> %s) with its data", self._run_id, run_id)
+        if marker != run_id:
+            await self._refill(f"Redis restarted (run_id {marker} -> {run_id})")
+            return
         self._run_id = run_id
         for stream in missing:
             self._streams_written.discard(stream)

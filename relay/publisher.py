@@ -73,8 +73,10 @@ class StreamPublisher:
         await self._client.set(MARKER_KEY, run_id)
         return run_id
 
-    async def has_marker(self) -> bool:
-        return bool(await self._client.exists(MARKER_KEY))
+    async def marker(self) -> str | None:
+        """The run_id of the Redis server the marker was set on; None when it is gone."""
+        value = await self._client.get(MARKER_KEY)
+        return value.decode() if isinstance(value, bytes) else value
 
     async def run_id(self) -> str:
         info = await self._client.info("server")

@@ -354,3 +354,26 @@ async def test_sigterm_exits_0(flow: Flow) -> None:
 
     assert consumer.stop() == 0
     assert "stopped" in consumer.log_text()
+
+
+async def test_a_copy_of_an_event_already_recorded_failed_is_a_duplicate(flow: Flow) -> None:
+    _, api = flow.start_api()
+    [market] = await flow.register_markets(api, 1)
+    await flow.db.execute(
+        """
+        INSERT INTO processed_events (event_id, event_type, source, processing_status, payload)
+        VALUES ('dead-copy', 'market.approved', 'entity_permissions_core', 'failed', '{}')
+        """
+    )
+    consumer = flow.launch_consumer()
+    consumer.wait_for_log("consuming")
+
+    await flow.xadd_decision(decision_event(market["id"], event_id="dead-copy"))
+
+    async def acked() -> bool:
+        [group] = await flow.stream.xinfo_groups(ENTITY_PERMISSIONS_EVENTS)
+        return bool(group["entries-read"] == 1 and group["pending"] == 0)
+
+    await wait_until(acked, 30, "the copy acknowledged as a duplicate")
+    detail = await market_of(api, market["id"])
+    assert detail["market"]["status"] == "pending_approval"

@@ -251,3 +251,20 @@ async def test_sigterm_finishes_releases_the_lock_and_exits_0(flow: Flow) -> Non
     assert process.stop() == 0
     held = await flow.db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
     assert held == 0
+
+
+async def test_a_redis_restarted_from_an_older_snapshot_is_refilled(flow: Flow) -> None:
+    await seed_outbox(flow.db, 100, markets=10)
+    process = flow.launch_relay()
+    await flow.all_published()
+    assert await flow.stream.xlen(STREAM) == 100
+
+    # What a restart from a snapshot looks like: the marker is there, set on another run.
+    await flow.stream.set("market-backend:outbox-relay:marker", "an-earlier-run")
+
+    async def refilled() -> bool:
+        return bool(await flow.stream.xlen(STREAM) == 200)
+
+    await wait_until(refilled, 30, "the retention window published again")
+    process.wait_for_log("Redis restarted (run_id an-earlier-run")
+    await flow.check()

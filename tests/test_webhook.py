@@ -385,3 +385,16 @@ async def test_the_seed_flow_register_approve_by_webhook_market_active(flow: Flo
 
         await wait_until(active, 60, "the market to become active")
         assert (await http.post(WEBHOOK, json=event)).json()["status"] == "already_processed"
+
+
+async def test_a_nul_character_gets_400_not_a_server_error(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    event = seed_event()
+    event["payload"]["reason"] = "\x00"
+
+    response = await client.post(WEBHOOK, json=event)
+
+    assert response.status_code == 400
+    assert "NUL" in response.json()["errors"][0]["reason"]
+    assert await stored(db) == 0

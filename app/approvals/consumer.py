@@ -26,7 +26,7 @@ from app.approvals import service
 from app.approvals.domain import Status
 from app.approvals.service import Delivery
 from app.backoff import Backoff
-from app.db import UNAVAILABLE_ERRORS, create_pool, storable
+from app.db import RETRYABLE_ERRORS, UNAVAILABLE_ERRORS, create_pool, storable
 from app.process import stop_on_signals
 from app.redis_client import connect_redis, read_group
 from app.settings import Settings
@@ -46,6 +46,7 @@ TRANSIENT_ERRORS: Final[tuple[type[Exception], ...]] = (
     asyncpg.SerializationError,
     asyncpg.QueryCanceledError,
 )
+BATCH_ERRORS: Final[tuple[type[Exception], ...]] = (redis.RedisError, *RETRYABLE_ERRORS)
 RETRY_IN_PLACE: Final[tuple[type[Exception], ...]] = (
     *TRANSIENT_ERRORS,
     service.ConcurrentlyRecorded,
@@ -95,7 +96,12 @@ class ApprovalConsumer:
                 await self._redis_backoff.wait_after(error, self._stop)
                 continue
             if entries:
-                await self._process(entries)
+                try:
+                    await self._process(entries)
+                except BATCH_ERRORS as error:
+                    # Nothing acknowledged is lost: the entries stay pending and come back.
+                    log.warning("batch left pending: %r", error)
+                    await self._redis_backoff.wait_after(error, self._stop)
         log.info("stopped", extra={"applied": dict(self.applied)})
 
     async def ensure_group(self) -> None:
@@ -157,8 +163,14 @@ class ApprovalConsumer:
     async def _count_deliveries(self, entries: list[Entry]) -> None:
         if not entries:
             return
+        # Claimed or re-read entries belong to this consumer now: ask only about ours.
         pending = await self._redis.xpending_range(
-            STREAM, GROUP, min=entries[0].id, max=entries[-1].id, count=len(entries) * 2
+            STREAM,
+            GROUP,
+            min=entries[0].id,
+            max=entries[-1].id,
+            count=len(entries),
+            consumername=self.name,
         )
         counts = {item["message_id"]: item["times_delivered"] for item in pending}
         for entry in entries:
@@ -261,7 +273,11 @@ class ApprovalConsumer:
         )
         if entry.deliveries < self.settings.max_deliveries:
             return False
-        await self._dead_letter(entry, reason)
+        try:
+            await self._dead_letter(entry, reason)
+        except redis.RedisError as unavailable:
+            log.warning("could not dead-letter %s yet: %r", entry.id, unavailable)
+            return False  # still pending: dead-lettered on a later delivery
         return await self._record_failure(delivery, reason)
 
     async def _dead_letter(self, entry: Entry, reason: str) -> None:
@@ -282,7 +298,7 @@ class ApprovalConsumer:
         while not self._stop.is_set():
             try:
                 await service.record_failure(UnitOfWork(self._pool), clean, reason)
-            except TRANSIENT_ERRORS as error:
+            except RETRYABLE_ERRORS as error:
                 await self._postgres_backoff.wait_after(error, self._stop)
                 continue
             self.applied["failed"] += 1

@@ -61,6 +61,16 @@ async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str
         judged = [_read(delivery.envelope) for delivery in deliveries]
         market_ids = sorted({d.market_id for d in judged if isinstance(d, Decision)})
         markets = await uow.markets.lock_many(market_ids)
+        # Recorded before (a dead letter, an earlier copy): a duplicate, judged no further.
+        seen = await uow.processed_events.processed_among([d.envelope.event_id for d in deliveries])
+        if seen:
+            kept = [
+                (d, j)
+                for d, j in zip(deliveries, judged, strict=True)
+                if d.envelope.event_id not in seen
+            ]
+            deliveries = [d for d, _ in kept]
+            judged = [j for _, j in kept]
         now = datetime.now(UTC)
         verdicts: list[Verdict] = []
         for item in judged:
@@ -80,7 +90,7 @@ async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str
                 for delivery, verdict in zip(deliveries, verdicts, strict=True)
             ]
         )
-        statuses: dict[str, Status | None] = {}
+        statuses: dict[str, Status | None] = dict.fromkeys(seen)
         changed: dict[uuid.UUID, Market] = {}
         approvals: list[tuple[uuid.UUID, ApprovalRecord]] = []
         events: list[EventEnvelope] = []
