@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime
 from typing import Any, Final, TypeVar
 
 import asyncpg
 import msgspec
+from asyncpg.pool import PoolConnectionProxy
 
 from app.settings import Settings
 
@@ -73,3 +76,23 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> asy
     )
     assert pool is not None
     return pool
+
+
+async def delete_in_batches(
+    db: asyncpg.Pool | PoolConnectionProxy | asyncpg.Connection,
+    statement: str,
+    older_than: datetime,
+    batch: int,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run a `DELETE ... LIMIT $2` of rows older than $1 until fewer than `batch` go.
+
+    Small transactions keep locks short and let retention run beside the traffic.
+    """
+    deleted = 0
+    while stop is None or not stop.is_set():
+        count = int((await db.execute(statement, older_than, batch)).split()[-1])
+        deleted += count
+        if count < batch:
+            break
+    return deleted

@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 
 from app.approvals.processed_events import ProcessedEventRepository
+from app.db import delete_in_batches
 from app.settings import Settings
 
 log = logging.getLogger("relay.retention")
@@ -38,7 +39,7 @@ async def delete_expired_outbox(
     pool: asyncpg.Pool, older_than: datetime, stop: asyncio.Event | None = None
 ) -> int:
     """Delete published rows created before `older_than`, a small transaction at a time."""
-    return await _in_batches(
+    return await delete_in_batches(
         pool,
         """
         DELETE FROM outbox WHERE id IN (
@@ -48,6 +49,7 @@ async def delete_expired_outbox(
         )
         """,
         older_than,
+        BATCH,
         stop,
     )
 
@@ -62,7 +64,7 @@ async def apply_retention(
     processed = await ProcessedEventRepository(pool).delete_old_processed_events(
         now - timedelta(days=settings.processed_events_retention_days), BATCH
     )
-    keys = await _in_batches(
+    keys = await delete_in_batches(
         pool,
         """
         DELETE FROM idempotency_keys WHERE key IN (
@@ -70,6 +72,7 @@ async def apply_retention(
         )
         """,
         now - timedelta(hours=settings.idempotency_key_retention_hours),
+        BATCH,
         stop,
     )
     deleted = Deleted(outbox, processed, keys)
@@ -81,16 +84,4 @@ async def apply_retention(
             keys,
             extra=msgspec.structs.asdict(deleted),
         )
-    return deleted
-
-
-async def _in_batches(
-    pool: asyncpg.Pool, statement: str, older_than: datetime, stop: asyncio.Event | None
-) -> int:
-    deleted = 0
-    while stop is None or not stop.is_set():
-        count = int((await pool.execute(statement, older_than, BATCH)).split()[-1])
-        deleted += count
-        if count < BATCH:
-            break
     return deleted

@@ -14,6 +14,7 @@ import asyncpg
 import msgspec
 
 from app.approvals.domain import Status
+from app.db import delete_in_batches
 from outbox.writer import Connection
 
 _encode = msgspec.json.Encoder().encode
@@ -153,18 +154,13 @@ class ProcessedEventRepository:
 
     async def delete_old_processed_events(self, older_than: datetime, batch: int = 1000) -> int:
         """Delete events received before `older_than`, a small transaction at a time."""
-        deleted = 0
-        while True:
-            status = await self._db.execute(
-                """
-                DELETE FROM processed_events WHERE id IN (
-                    SELECT id FROM processed_events WHERE received_at < $1 LIMIT $2
-                )
-                """,
-                older_than,
-                batch,
+        return await delete_in_batches(
+            self._db,
+            """
+            DELETE FROM processed_events WHERE id IN (
+                SELECT id FROM processed_events WHERE received_at < $1 LIMIT $2
             )
-            count = int(status.split()[-1])
-            deleted += count
-            if count < batch:
-                return deleted
+            """,
+            older_than,
+            batch,
+        )
