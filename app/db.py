@@ -21,6 +21,8 @@ UNAVAILABLE_ERRORS: Final[tuple[type[Exception], ...]] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # A pooled connection still consuming the server's shutdown notice when it is used.
+    asyncpg.InternalClientError,
 )
 
 # Everything a worker retries after a pause: the above, a broken session, a failed statement.

@@ -15,6 +15,7 @@ from litestar.status_codes import (
     HTTP_405_METHOD_NOT_ALLOWED,
     HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from litestar.types import ExceptionHandlersMap
@@ -128,6 +129,12 @@ def _database_unavailable(request: AnyRequest, exc: Exception) -> Response[Error
     )
 
 
+def _unexpected(request: AnyRequest, exc: Exception) -> Response[ErrorBody]:
+    # The app is built without Litestar's logging config, so nothing else would log it.
+    log.error("unhandled error during %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error")
+
+
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     RequestValidationError: _invalid,
     ValidationException: _litestar_invalid,
@@ -136,4 +143,5 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_error,
     SignatureError: _unauthorized,
     **{error: _database_unavailable for error in UNAVAILABLE_ERRORS},
+    Exception: _unexpected,
 }

@@ -36,6 +36,9 @@ class UnitOfWork:
         try:
             await self._transaction.start()
         except BaseException:
+            # A connection that cannot even begin is broken: never hand it out again.
+            if not _lost(self.connection):
+                self.connection.terminate()
             await self._pool.release(self.connection)
             raise
         self.markets = MarketRepository(self.connection)
@@ -52,7 +55,7 @@ class UnitOfWork:
     ) -> None:
         transaction, self._transaction = self._transaction, None
         try:
-            if transaction is not None and not self.connection.is_closed():
+            if transaction is not None and not _lost(self.connection):
                 await transaction.rollback()
         finally:
             await self._pool.release(self.connection)
@@ -67,3 +70,12 @@ class UnitOfWork:
         # Whatever the commit raises is the error to report: a failed commit leaves
         # nothing to roll back, and the pool discards a connection left in a transaction.
         await transaction.commit()
+
+
+def _lost(connection: PoolConnectionProxy) -> bool:
+    """Whether there is nothing left to roll back: a connection that broke mid-query is
+    taken back by the pool at once, and asking its proxy anything then raises."""
+    try:
+        return connection.is_closed()
+    except asyncpg.InterfaceError:
+        return True
