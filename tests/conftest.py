@@ -17,6 +17,7 @@ import redis.asyncio as redis
 from app.settings import load_settings
 from scripts.services import test_database_url
 from tests.support.flow import Flow
+from tests.support.postgres_server import PostgresServer
 from tests.support.processes import ROOT, ManagedProcess, start_api
 from tests.support.redis_server import RedisServer
 
@@ -102,6 +103,18 @@ async def client(api: str, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncC
 
 
 __all__ = ["ManagedProcess", "run_migrations", "service_env"]
+
+
+@pytest.fixture(scope="module")
+async def own_postgres() -> AsyncIterator[PostgresServer]:
+    """A PostgreSQL server of the module's own, migrated, which its tests may restart."""
+    server = PostgresServer()
+    await server.start()
+    run_migrations(server.url)
+    try:
+        yield server
+    finally:
+        server.destroy()
 
 
 @pytest.fixture

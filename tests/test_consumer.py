@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
-from tests.conftest import run_migrations
 from tests.support.flow import Flow, decision_event
 from tests.support.outbox import read_stream, wait_until
 from tests.support.postgres_server import PostgresServer
@@ -221,17 +218,6 @@ async def test_a_consumer_killed_holding_entries_is_taken_over(flow: Flow) -> No
     await wait_until(all_acked, 30, "every entry acknowledged")
     assert await flow.db.fetchval("SELECT count(*) FROM market_approval_events") == len(markets)
     assert await flow.db.fetchval("SELECT count(*) FROM processed_events") == len(markets)
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[PostgresServer]:
-    server = PostgresServer()
-    await server.start()
-    run_migrations(server.url)
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 async def test_postgres_stopped_for_10_s_leaves_entries_pending_then_applies_them(

@@ -1,0 +1,109 @@
+"""Counting, not sampling: the end state of a run against everything that was accepted."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as redis
+
+from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
+from tests.support.load import Accepted
+from tests.support.outbox import check_stream_against_outbox, read_stream, unpublished
+
+CONSUMER_GROUP = "market-approvals"
+OUTBOUND = {
+    "approved": Counter(
+        {
+            "market.registered": 1,
+            "market.approval_requested": 1,
+            "market.activated": 1,
+            "token.deployment_requested": 1,
+        }
+    ),
+    "rejected": Counter(
+        {"market.registered": 1, "market.approval_requested": 1, "market.rejected": 1}
+    ),
+}
+FINAL_STATUS = {"approved": "active", "rejected": "rejected"}
+
+
+@dataclass(frozen=True)
+class Tally:
+    markets: int
+    decisions: int
+    stream_entries: int
+    stream_duplicates: int
+
+
+async def settled(db: asyncpg.Connection, client: redis.Redis, accepted: Accepted) -> bool:
+    """Every decision applied, every outbox row published, nothing left pending."""
+    decided = [uuid.UUID(market) for market in accepted.decisions]
+    applied = await db.fetchval(
+        "SELECT count(*) FROM markets WHERE id = ANY($1) AND status <> 'pending_approval'",
+        decided,
+    )
+    if applied != len(decided) or await unpublished(db):
+        return False
+    try:
+        groups = await client.xinfo_groups(ENTITY_PERMISSIONS_EVENTS)
+    except redis.ResponseError:
+        return False  # the stream is gone (Redis restarted) until the relay refills it
+    return all(group["pending"] == 0 for group in groups if group["name"] == CONSUMER_GROUP)
+
+
+async def count_everything(
+    db: asyncpg.Connection, client: redis.Redis, accepted: Accepted, *, outbox_kept: bool = True
+) -> Tally:
+    """Assert the end state equals what was accepted; `outbox_kept=False` when retention
+    has deleted old outbox and processed_events rows during the run."""
+    assert not accepted.unexpected, f"unexpected answers: {dict(accepted.unexpected)}"
+    stored = {str(r["id"]) for r in await db.fetch("SELECT id FROM markets")}
+    assert stored == accepted.markets, (
+        f"{len(stored - accepted.markets)} markets stored but never acknowledged, "
+        f"{len(accepted.markets - stored)} acknowledged but not stored"
+    )
+    assert accepted.decisions.keys() == accepted.markets, "a registered market was never decided"
+
+    # Each decision applied exactly once: its status, one history row, one processed event.
+    rows = await db.fetch(
+        """
+        SELECT m.id::text AS market_id, m.status, a.event_id, a.decision
+        FROM markets m LEFT JOIN market_approval_events a ON a.market_id = m.id
+        """
+    )
+    history: defaultdict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in rows:
+        expected_status = FINAL_STATUS[accepted.decisions[row["market_id"]][1]]
+        assert row["status"] == expected_status, f"market {row['market_id']}: {row['status']}"
+        history[row["market_id"]].append((row["event_id"], row["decision"]))
+    for market, entries in history.items():
+        assert entries == [accepted.decisions[market]], f"market {market}: history {entries}"
+    if outbox_kept:
+        processed = await db.fetch("SELECT event_id, processing_status FROM processed_events")
+        assert Counter(r["processing_status"] for r in processed) == {
+            "success": len(accepted.decisions)
+        }
+        assert {r["event_id"] for r in processed} == {e for e, _ in accepted.decisions.values()}
+        for stream in (MARKETS_EVENTS, ENTITY_PERMISSIONS_EVENTS):
+            await check_stream_against_outbox(db, client, stream)
+    assert await unpublished(db) == 0
+    assert await client.xlen(ENTITY_PERMISSIONS_DEAD) == 0, "an entry was dead-lettered"
+
+    # Every market's events on markets:events: each distinct event once per market.
+    entries = await read_stream(client, MARKETS_EVENTS)
+    distinct = {(f["event_id"], f["aggregate_id"], f["event_type"]) for f in entries}
+    per_market: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    for _, market, event_type in distinct:
+        per_market[market][event_type] += 1
+    assert per_market.keys() == accepted.markets, "markets:events misses a market's events"
+    for market, (_, verdict) in accepted.decisions.items():
+        assert per_market[market] == OUTBOUND[verdict], f"market {market}: {per_market[market]}"
+    return Tally(
+        markets=len(stored),
+        decisions=len(accepted.decisions),
+        stream_entries=len(entries),
+        stream_duplicates=len(entries) - len(distinct),
+    )
