@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PY := .venv/bin/python
 
-.PHONY: help install services services-down migrate api relay replay cleanup consume poll epc demo run test bench alerts-check lint format
+.PHONY: help install services services-down migrate api relay replay cleanup consume poll epc demo run test soak verify bench alerts-check lint format
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -57,6 +57,11 @@ run: migrate ## the whole service in one command (API and relay), output prefixe
 
 test: services ## the test suite against real PostgreSQL and Redis
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+soak: services ## the whole service under steady load for MINUTES (default 10): RSS and table sizes over time, then every event counted
+	MINUTES=$(MINUTES) $(PY) -m scripts.soak
+
+verify: lint test soak ## all the proof: lint, the whole suite (fault matrix, model, hostile input), then a soak of MINUTES (default 10)
 
 bench: services ## figures on this machine (QUICK=1 for a short run): table + bench/results.json
 	@command -v wrk >/dev/null || { echo "bench: installing wrk (the load generator)"; \

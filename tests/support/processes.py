@@ -85,6 +85,14 @@ class ManagedProcess:
         self.stop(signal.SIGKILL)
 
 
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """A field of /proc/<pid>/status in MB: VmRSS now, or VmHWM, the peak so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(f"no {field} for process {pid}")
+
+
 def start_relay(env: dict[str, str], log_dir: Path, name: str = "relay") -> ManagedProcess:
     return ManagedProcess(name, ["-m", "relay"], env, log_dir)
 

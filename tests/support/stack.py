@@ -30,7 +30,7 @@ class Stack:
         """`webhook=False`: the simulator pushes nothing, so the poller is the only path."""
         self.api_url = f"http://127.0.0.1:{free_port()}"
         self.epc_url = f"http://127.0.0.1:{free_port()}"
-        self._log_dir = log_dir
+        self.log_dir = log_dir
         self._env = {
             "APP_ENV": "test",
             "LOG_LEVEL": "INFO",
@@ -81,7 +81,7 @@ class Stack:
 
     def start(self, name: str) -> ManagedProcess:
         args, env = self._commands[name]
-        process = ManagedProcess(name, args, {**self._env, **env}, self._log_dir)
+        process = ManagedProcess(name, args, {**self._env, **env}, self.log_dir)
         self.processes[name] = process
         if name == "api":
             process.wait_http_ok(f"{self.api_url}/health")

@@ -79,8 +79,8 @@ async def count_everything(
         expected_status = FINAL_STATUS[accepted.decisions[row["market_id"]][1]]
         assert row["status"] == expected_status, f"market {row['market_id']}: {row['status']}"
         history[row["market_id"]].append((row["event_id"], row["decision"]))
-    for market, entries in history.items():
-        assert entries == [accepted.decisions[market]], f"market {market}: history {entries}"
+    for market, applied in history.items():
+        assert applied == [accepted.decisions[market]], f"market {market}: history {applied}"
     if outbox_kept:
         processed = await db.fetch("SELECT event_id, processing_status FROM processed_events")
         assert Counter(r["processing_status"] for r in processed) == {
