@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from tests.support.stack import CONSUMERS, Stack
 from tests.support.tally import count_everything, settled
 from tests.test_polling import set_faults
 
+WORKERS = ("api", "relay", *CONSUMERS, "poller")
 LOAD_S = 8.0
 REGISTRATIONS_PER_S = 25.0
 
@@ -49,14 +51,28 @@ async def _down_for_a_moment(target: Target) -> None:
     await asyncio.sleep(target.rng.uniform(0.2, 1.5))
 
 
-def kill_9(choose: Callable[[random.Random], str]) -> Inject:
+def restart(choose: Callable[[random.Random], str], sig: int = signal.SIGKILL) -> Inject:
+    """Stop a process with `sig`, leave it down a moment, start it again."""
+
     async def inject(target: Target) -> None:
         name = choose(target.rng)
-        await asyncio.to_thread(target.stack.kill, name)
+        status = await asyncio.to_thread(target.stack.stop, name, sig)
+        if sig == signal.SIGTERM:
+            assert status == graceful_exit(name), f"{name} exited {status} on SIGTERM"
         await _down_for_a_moment(target)
         await asyncio.to_thread(target.stack.start, name)
 
     return inject
+
+
+def graceful_exit(name: str) -> int:
+    """The status after a clean shutdown on SIGTERM. Uvicorn, once it has drained its
+    requests, re-raises the signal, as process managers expect; our workers exit 0."""
+    return -signal.SIGTERM if name == "api" else 0
+
+
+def kill_9(choose: Callable[[random.Random], str]) -> Inject:
+    return restart(choose, signal.SIGKILL)
 
 
 async def restart_redis_empty(target: Target) -> None:
@@ -95,6 +111,10 @@ FAULTS = {
     "redis-restarted-empty": Fault(restart_redis_empty, strikes=1),
     "postgres-restarted": Fault(restart_postgres, strikes=1),
     "epc-failing": Fault(fail_epc, strikes=1, webhook=False),
+    # What a deployment does: SIGTERM, each process finishing what it holds, then a restart.
+    "rolling-sigterm": Fault(
+        restart(lambda rng: rng.choice(WORKERS), signal.SIGTERM), strikes=3, webhook=False
+    ),
 }
 
 

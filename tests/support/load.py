@@ -46,6 +46,9 @@ class SteadyLoad:
         self.accepted = Accepted()
 
     async def aclose(self) -> None:
+        for task in self._registering:
+            task.cancel()
+        await asyncio.gather(*self._registering, return_exceptions=True)
         await self._api.aclose()
         await self._epc.aclose()
 

@@ -15,6 +15,12 @@ from tests.support.processes import ManagedProcess, free_port
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 EPC_API_KEY = "stack-epc-key"
 CONSUMERS = ("consumer-0", "consumer-1")
+# A worker's first line once its signal handlers are set: from then on SIGTERM is graceful.
+READY_LINES = {
+    "relay": "relay.outbox:",
+    **{name: "approvals.consumer: consuming" for name in CONSUMERS},
+    "poller": "relay.poller:",
+}
 
 
 class Stack:
@@ -73,34 +79,34 @@ class Stack:
             ),
         }
         self.processes: dict[str, ManagedProcess] = {}
-        self.kills: list[str] = []
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._commands)
 
     def start(self, name: str) -> ManagedProcess:
+        """Start `name` and wait until it is ready (it appends to the same log each time)."""
         args, env = self._commands[name]
+        log = self.log_dir / f"{name}.log"
+        earlier = log.stat().st_size if log.exists() else 0
         process = ManagedProcess(name, args, {**self._env, **env}, self.log_dir)
         self.processes[name] = process
         if name == "api":
             process.wait_http_ok(f"{self.api_url}/health")
         elif name == "epc":
             process.wait_http_ok(f"{self.epc_url}/health")
+        else:
+            process.wait_for_log(READY_LINES[name], after=earlier)
         return process
 
     def start_all(self) -> None:
         for name in self._commands:
             self.start(name)
 
-    def kill(self, name: str) -> None:
-        """kill -9: no shutdown hook runs, whatever the process was doing."""
-        self.processes[name].stop(signal.SIGKILL)
-        self.kills.append(name)
-
-    def restart(self, name: str) -> None:
-        self.kill(name)
-        self.start(name)
+    def stop(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """SIGKILL by default: no shutdown hook runs, whatever the process was doing.
+        Returns the exit status (negative: the signal that ended it)."""
+        return self.processes[name].stop(sig)
 
     def stop_all(self) -> None:
         for process in self.processes.values():
