@@ -1,4 +1,4 @@
-"""What every benchmark shares: the test database, a Redis of its own, process logs."""
+"""What every benchmark shares: a database and a Redis of its own, process logs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Self
 import asyncpg
 import redis.asyncio as redis
 
-from tests.conftest import DATABASE_URL, TABLES, run_migrations, service_env
+from app.settings import load_settings
+from scripts.services import bench_database_url
+from tests.conftest import TABLES, run_migrations, service_env
 from tests.support.redis_server import RedisServer
 
 
@@ -29,9 +31,11 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 class BenchEnv:
-    """Benchmarks write to the test database and a Redis server started for the run."""
+    """Benchmarks write to the bench database (BENCH_DATABASE_URL, default DATABASE_URL's
+    name + `_bench`, which `make services` creates) and a Redis server started for the run:
+    a benchmark empties its tables freely, so it must not share them with a test run."""
 
-    database_url = DATABASE_URL
+    database_url = bench_database_url(load_settings().database_url)
 
     def __init__(self) -> None:
         self.redis_server = RedisServer()
@@ -52,7 +56,9 @@ class BenchEnv:
         self.redis_server.stop()
 
     def process_env(self, **overrides: str) -> dict[str, str]:
-        return service_env(REDIS_URL=self.redis_server.url, **overrides)
+        return service_env(
+            DATABASE_URL=self.database_url, REDIS_URL=self.redis_server.url, **overrides
+        )
 
     async def reset(self) -> None:
         await self.db.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")

@@ -40,10 +40,22 @@ class ServiceError(RuntimeError):
 
 def test_database_url(database_url: str) -> str:
     """The test suite's database: TEST_DATABASE_URL, or DATABASE_URL's name + `_test`."""
-    if explicit := os.environ.get("TEST_DATABASE_URL"):
+    return _sibling_database_url(database_url, "TEST_DATABASE_URL", "_test")
+
+
+def bench_database_url(database_url: str) -> str:
+    """`make bench`'s database: BENCH_DATABASE_URL, or DATABASE_URL's name + `_bench`.
+
+    Its own, so that a benchmark never empties the tables a test run is using.
+    """
+    return _sibling_database_url(database_url, "BENCH_DATABASE_URL", "_bench")
+
+
+def _sibling_database_url(database_url: str, override: str, suffix: str) -> str:
+    if explicit := os.environ.get(override):
         return explicit
     parts = urlsplit(database_url)
-    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "_test"))
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + suffix))
 
 
 def with_database(url: str, name: str) -> str:
@@ -227,8 +239,9 @@ async def up() -> None:
     else:
         start_local_postgres(settings.database_url)
     dev_db = urlsplit(settings.database_url).path.lstrip("/")
-    test_db = urlsplit(test_database_url(settings.database_url)).path.lstrip("/")
-    await ensure_databases(settings.database_url, [dev_db, test_db])
+    others = (test_database_url, bench_database_url)
+    names = [urlsplit(url_of(settings.database_url)).path.lstrip("/") for url_of in others]
+    await ensure_databases(settings.database_url, [dev_db, *names])
     if _redis_answers(settings.redis_url):
         say("Redis answers at REDIS_URL")
     else:

@@ -35,6 +35,7 @@ async def test_services_start_throw_away_servers_when_none_answer() -> None:
         "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_port}/marketdb",
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "TEST_DATABASE_URL": "",
+        "BENCH_DATABASE_URL": "",
     }
     try:
         started = services("up", env)
@@ -46,7 +47,7 @@ async def test_services_start_throw_away_servers_when_none_answer() -> None:
             r["datname"] for r in await connection.fetch("SELECT datname FROM pg_database")
         }
         await connection.close()
-        assert {"marketdb", "marketdb_test"} <= databases
+        assert {"marketdb", "marketdb_test", "marketdb_bench"} <= databases
         assert redis.Redis(port=redis_port).ping()
 
         again = services("up", env)
