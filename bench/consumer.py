@@ -6,8 +6,11 @@ import asyncio
 import time
 from typing import Any
 
+from app.approvals.consumer import transaction_groups
+from app.settings import load_settings
+from bench import tools
 from bench.support import BenchEnv, peak_rss_mb
-from outbox import ENTITY_PERMISSIONS_EVENTS, new_event
+from outbox import ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS, new_event
 from tests.support.processes import ManagedProcess
 
 
@@ -16,8 +19,9 @@ async def seed_pending_markets(env: BenchEnv, count: int) -> list[str]:
         """
         WITH new AS (
             INSERT INTO markets (id, name, issuer_id, entity_id, status)
-            SELECT gen_random_uuid(), 'Bench ' || g, gen_random_uuid(), gen_random_uuid(),
-                   'pending_approval'
+            -- Ids pgbench can name too (bench/decisions.sql): market n is md5 of its name.
+            SELECT md5('bench-market-' || g)::uuid, 'Bench ' || g, md5('bench-issuer-' || g)::uuid,
+                   md5('bench-entity-' || g)::uuid, 'pending_approval'
             FROM generate_series(1, $1) AS g
             RETURNING id
         ), assets AS (
@@ -49,8 +53,51 @@ async def xadd_decisions(env: BenchEnv, market_ids: list[str]) -> None:
             await pipe.execute()
 
 
-async def decisions_per_second(env: BenchEnv, processes: int, decisions: int) -> dict[str, Any]:
-    """A backlog of `decisions` approvals on the stream, drained by `processes` consumers."""
+async def decisions_per_second(
+    env: BenchEnv, processes: int, decisions: int, seconds: int
+) -> dict[str, Any]:
+    """A backlog of `decisions` approvals on the stream, drained by `processes` consumers,
+    beside pgbench of the consumer's transaction at the same concurrency."""
+    applied = await _consumers_apply(env, processes, decisions)
+    limit = await postgres_decisions_limit(env, processes, decisions, seconds)
+    return {
+        **applied,
+        "pgbench_decisions_per_s": limit,
+        "ratio": applied["decisions_per_s"] / limit,
+    }
+
+
+async def postgres_decisions_limit(
+    env: BenchEnv, processes: int, markets: int, seconds: int
+) -> float:
+    """pgbench of bench/decisions.sql with as many clients, each applying as many decisions
+    per transaction, as `processes` consumers run: each splits a read into parallel
+    transactions (transaction_groups). Decisions/s."""
+    settings = load_settings()
+    groups = transaction_groups(settings.consumer_batch_size, settings.consumer_concurrency)
+    per_transaction = -(-settings.consumer_batch_size // groups)
+    clients = groups * processes
+    await env.reset()
+    await seed_pending_markets(env, markets)
+    tps = await asyncio.to_thread(
+        tools.pgbench,
+        env.database_url,
+        tools.HERE / "decisions.sql",
+        seconds=seconds,
+        clients=clients,
+        variables={
+            "batch": per_transaction,
+            "batches": markets // per_transaction,
+            "clients": clients,
+            "round": 0,
+            "stream": MARKETS_EVENTS,
+        },
+        protocol="prepared",
+    )
+    return tps * per_transaction
+
+
+async def _consumers_apply(env: BenchEnv, processes: int, decisions: int) -> dict[str, Any]:
     await env.reset()
     markets = await seed_pending_markets(env, decisions)
     await xadd_decisions(env, markets)

@@ -42,7 +42,7 @@ async def register(env: BenchEnv, seconds: int) -> dict[str, Any]:
         api.stop()
     await env.reset()
     tps = await asyncio.to_thread(
-        tools.pgbench, env.database_url, tools.HERE / "register.sql", seconds
+        tools.pgbench, env.database_url, tools.HERE / "register.sql", seconds=seconds
     )
     return {
         **load,

@@ -50,16 +50,30 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def pgbench(database_url: str, script: Path, seconds: int, clients: int = 32) -> float:
-    """Transactions per second of `script` at `clients` connections."""
+def pgbench(
+    database_url: str,
+    script: Path,
+    *,
+    seconds: int | None = None,
+    transactions: int | None = None,
+    clients: int = 32,
+    variables: dict[str, int | str] | None = None,
+    protocol: str = "simple",
+) -> float:
+    """Transactions per second of `script` at `clients` connections, for `seconds` or for
+    `transactions` each; `variables` are the script's -D definitions."""
     parts = urlsplit(database_url)
+    length = f"-T{seconds}" if transactions is None else f"-t{transactions}"
+    defines = [f"-D{name}={value}" for name, value in (variables or {}).items()]
     out = subprocess.run(
         [
             require("pgbench", "postgresql-client"),
             "-n",
             f"-c{clients}",
-            "-j2",
-            f"-T{seconds}",
+            f"-j{min(clients, 2)}",
+            length,
+            f"-M{protocol}",
+            *defines,
             "-f",
             str(script),
             "-h",

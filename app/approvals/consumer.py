@@ -193,9 +193,8 @@ class ApprovalConsumer:
                     done.append(entry.id)
                 continue
             readable.append((entry, Delivery(envelope, entry.deliveries)))
-        # Enough entries per transaction to share its commit, as many transactions as
-        # allowed; one market's entries always fall in the same group, in stream order.
-        groups = min(self.settings.consumer_concurrency, max(1, len(readable) // 32))
+        # One market's entries always fall in the same group, in stream order.
+        groups = transaction_groups(len(readable), self.settings.consumer_concurrency)
         partitions: list[list[tuple[Entry, Delivery]]] = [[] for _ in range(groups)]
         for item in readable:
             partitions[hash(item[1].envelope.aggregate_id) % groups].append(item)
@@ -313,6 +312,12 @@ class ApprovalConsumer:
         except redis.RedisError as error:
             # Not acknowledged: redelivered later, then dropped as duplicates.
             log.warning("could not acknowledge %d entries: %r", len(ids), error)
+
+
+def transaction_groups(entries: int, concurrency: int) -> int:
+    """How many transactions, run in parallel, apply a read of `entries` entries: enough
+    entries per transaction to share its commit, as many transactions as allowed."""
+    return min(concurrency, max(1, entries // 32))
 
 
 def _unreadable(entry: Entry, error: Exception) -> EventEnvelope:
