@@ -13,15 +13,13 @@ import redis.asyncio as redis
 from app.settings import load_settings
 from scripts.services import bench_database_url
 from tests.conftest import TABLES, run_migrations, service_env
+from tests.support.processes import memory_mb
 from tests.support.redis_server import RedisServer
 
 
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set size (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise LookupError(f"no VmHWM for process {pid}")
+    return memory_mb(pid, "VmHWM")
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -51,6 +51,11 @@ def bench_database_url(database_url: str) -> str:
     return _sibling_database_url(database_url, "BENCH_DATABASE_URL", "_bench")
 
 
+def soak_database_url(database_url: str) -> str:
+    """`make soak`'s database: SOAK_DATABASE_URL, or DATABASE_URL's name + `_soak`."""
+    return _sibling_database_url(database_url, "SOAK_DATABASE_URL", "_soak")
+
+
 def _sibling_database_url(database_url: str, override: str, suffix: str) -> str:
     if explicit := os.environ.get(override):
         return explicit

@@ -1,12 +1,13 @@
 """`make soak MINUTES=10`: the whole service under steady mixed load for a while.
 
 Every process runs as in production (API, relay, two consumers, poller, simulator
-pushing webhooks) on a database of its own (DATABASE_URL's name + `_soak`) and a Redis
-server started for the run, with retention windows of a few minutes so that the tables
-must level off within the run. Every SAMPLE_EVERY_S it prints each process's RSS and
-the sizes of the outbox and processed_events tables; at the end it counts every
-market, decision and stream entry against what was accepted, exactly as the fault
-matrix does, and exits 1 if anything was lost or applied twice.
+pushing webhooks) on a database of its own (SOAK_DATABASE_URL, default DATABASE_URL's
+name + `_soak`) and a Redis server started for the run, with retention windows of a few
+minutes so that the tables must level off within the run. Every SAMPLE_EVERY_S it
+prints each process's RSS and the sizes of the outbox and processed_events tables; at
+the end it counts every market, decision and stream entry against what was accepted,
+exactly as the fault matrix does. It exits 1 if anything was lost or applied twice, or
+if a table or a process kept growing once retention had run.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import redis.asyncio as redis
 
 from app.settings import load_settings
-from scripts.services import ensure_databases, with_database
+from scripts.services import ensure_databases, soak_database_url
 from tests.conftest import TABLES, run_migrations
 from tests.support.load import SteadyLoad
 from tests.support.outbox import wait_until
@@ -84,8 +86,8 @@ def print_row(row: dict[str, Any]) -> None:
 
 
 async def prepare_database() -> str:
-    database_url = with_database(load_settings().database_url, "marketdb_soak")
-    await ensure_databases(database_url, ["marketdb_soak"])
+    database_url = soak_database_url(load_settings().database_url)
+    await ensure_databases(database_url, [urlsplit(database_url).path.lstrip("/")])
     run_migrations(database_url)
     return database_url
 

@@ -249,7 +249,13 @@ async def test_sigterm_finishes_releases_the_lock_and_exits_0(flow: Flow) -> Non
     process.wait_for_log("leading")
 
     assert process.stop() == 0
-    held = await flow.db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+    held = await flow.db.fetchval(
+        """
+        SELECT count(*) FROM pg_locks
+        WHERE locktype = 'advisory'
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        """
+    )
     assert held == 0
 
 
