@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 T = TypeVar("T", bound=msgspec.Struct)
 
 _decode_any = msgspec.json.Decoder().decode
+# PostgreSQL's text and jsonb cannot hold U+0000: refused as the client's error, not a 500.
+NUL_REFUSED = "NUL characters are not accepted"
+WITHOUT_NUL = r"^[^\x00]*$"
+
+_AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 _AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
@@ -65,10 +71,14 @@ def convert_object(document: Any, struct_type: type[T]) -> T:
             if field.required:
                 errors.append(FieldError(field.encode_name, "required"))
             continue
+        value = document[field.encode_name]
         try:
-            msgspec.convert(document[field.encode_name], field.type)
+            msgspec.convert(value, field.type)
         except msgspec.ValidationError as exc:
             errors.append(_field_error(field.encode_name, exc))
+            continue
+        if _holds_nul(value):
+            errors.append(FieldError(field.encode_name, NUL_REFUSED))
     if struct_type.__struct_config__.forbid_unknown_fields:
         errors.extend(FieldError(key, "unknown field") for key in document if key not in known)
     if errors:
@@ -85,6 +95,16 @@ def _fields(struct_type: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInf
     return msgspec.structs.fields(struct_type)
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
 def _field_error(name: str, exc: msgspec.ValidationError) -> FieldError:
     message = str(exc)
     match = _AT_PATH.search(message)
@@ -97,3 +117,18 @@ def _json_kind(python_kind: str) -> str:
     return {"list": "array", "str": "string", "int": "number", "float": "number"}.get(
         python_kind, python_kind
     )
+
+
+def parse_time(field: str, value: str | None) -> datetime | None:
+    """An RFC 3339 time with its offset, or RequestValidationError naming `field`.
+
+    Litestar's lax conversion would also take "0.5" as a Unix time; the API documents,
+    and so accepts, date-time strings only.
+    """
+    if value is None:
+        return None
+    try:
+        return msgspec.convert(value, _AwareTime)
+    except msgspec.ValidationError as exc:
+        reason = f"{value!r} is not an RFC 3339 time: {exc}"
+        raise RequestValidationError.single(field, reason) from None

@@ -124,6 +124,9 @@ async def test_a_failure_after_the_market_insert_leaves_no_market_and_no_outbox_
         ({"assetDetails": "none"}, "assetDetails"),
         ({"tokenName": ""}, "tokenName"),
         ({"unexpected": 1}, "unexpected"),
+        # PostgreSQL's text and jsonb cannot hold U+0000: a 400, not a 500.
+        ({"name": "a\x00b"}, "name"),
+        ({"assetDetails": {"deep": [{"k\x00": 1}]}}, "assetDetails"),
     ],
 )
 async def test_each_validation_rule_names_its_field_and_writes_nothing(

@@ -44,9 +44,6 @@ def read_event(document: Any, *, default_event_id: str | None = None) -> EventEn
     if isinstance(document, dict) and default_event_id and "event_id" not in document:
         document = {**document, "event_id": default_event_id}
     event = convert_object(document, InboundEvent)
-    if b"\\u0000" in msgspec.json.encode(event):
-        # PostgreSQL's text and jsonb cannot hold it: refuse it here, not with a 500.
-        raise RequestValidationError([FieldError("body", "NUL characters are not accepted")])
     aggregate_id = event.event_id
     expected = DECISION_OF_EVENT.get(event.event_type)
     if expected is not None:
