@@ -11,6 +11,7 @@ import msgspec
 import redis.asyncio as redis
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 CHECK_TIMEOUT_S = 2.0
@@ -41,7 +42,13 @@ class HealthController(Controller):
     async def health(self) -> Liveness:
         return Liveness()
 
-    @get("/ready", summary="Readiness: PostgreSQL and Redis answer")
+    @get(
+        "/ready",
+        summary="Readiness: PostgreSQL and Redis answer",
+        responses={
+            503: ResponseSpec(Readiness, description="Not ready: the checks say which failed")
+        },
+    )
     async def ready(
         self, db_pool: NamedDependency[asyncpg.Pool], redis_client: NamedDependency[redis.Redis]
     ) -> Response[Readiness]:

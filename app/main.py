@@ -20,6 +20,7 @@ from app.health import HealthController
 from app.logging import configure_logging
 from app.markets.controller import MarketController
 from app.monitoring.metrics import FLOW, HTTP_METRICS, MetricsController
+from app.openapi import ADMIN_COMPONENTS, ExactStructSchemaPlugin
 from app.redis_client import connect_redis
 from app.settings import Settings, get_settings
 from app.unit_of_work import UnitOfWork
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             AdminController,
         ],
         middleware=[HTTP_METRICS.middleware],
+        plugins=[ExactStructSchemaPlugin()],
         lifespan=[connections],
         dependencies={
             "db_pool": Provide(_db_pool, sync_to_thread=False),
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             version="0.1.0",
             description="Market registration with asynchronous approval by Entity Permissions Core",
             path="/schema",
+            components=ADMIN_COMPONENTS,
             render_plugins=[SwaggerRenderPlugin()],
         ),
         logging_config=None,  # app.logging owns the handlers

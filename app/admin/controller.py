@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -17,14 +16,16 @@ from litestar.exceptions import (
     PermissionDeniedException,
 )
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import FromPath, QueryParameter
+from litestar.params import PathParameter, QueryParameter
 
 from app.admin import figures
 from app.admin.figures import Alert, Stats
 from app.admin.replay import NotReplayable, UnknownEvent, replay
 from app.approvals.domain import Status
 from app.approvals.processed_events import ProcessedEvent
+from app.openapi import ADMIN_SECURITY, error_responses
 from app.unit_of_work import UnitOfWork
+from app.validation import WITHOUT_NUL, parse_time
 
 
 def require_admin_token(
@@ -56,39 +57,59 @@ class AlertList(msgspec.Struct, frozen=True):
     alerts: list[Alert]
 
 
+# Every admin operation can be refused by the guard, or find PostgreSQL down.
+_GUARDED = (401, 403, 503)
+# PostgreSQL's OFFSET is a bigint; a bound well inside it keeps asyncpg from overflowing.
+MAX_OFFSET = 1_000_000_000
+EventIdPath = Annotated[str, PathParameter(pattern=WITHOUT_NUL)]
+Time = Annotated[
+    str | None,
+    QueryParameter(format="date-time", description="RFC 3339 with an offset: 2026-11-26T00:00:00Z"),
+]
+
+
 class AdminController(Controller):
     path = "/api/v1/admin"
     tags = ["admin"]
     guards = [require_admin_token]
+    security = [{ADMIN_SECURITY: []}]
 
-    @get("/processed-events", summary="List processed events, newest first")
+    @get(
+        "/processed-events",
+        summary="List processed events, newest first",
+        responses=error_responses(400, *_GUARDED),
+    )
     async def list_events(
         self,
         *,
         uow: NamedDependency[UnitOfWork],
         status: Annotated[Status | None, QueryParameter()] = None,
-        event_type: Annotated[str | None, QueryParameter(name="type")] = None,
-        source: Annotated[str | None, QueryParameter()] = None,
-        since: Annotated[datetime | None, QueryParameter()] = None,
-        until: Annotated[datetime | None, QueryParameter()] = None,
+        event_type: Annotated[str | None, QueryParameter(name="type", pattern=WITHOUT_NUL)] = None,
+        source: Annotated[str | None, QueryParameter(pattern=WITHOUT_NUL)] = None,
+        since: Time = None,
+        until: Time = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> ProcessedEventPage:
         async with uow:
             items = await uow.processed_events.list_processed_events(
                 status=status,
                 event_type=event_type,
                 source=source,
-                since=since,
-                until=until,
+                since=parse_time("since", since),
+                until=parse_time("until", until),
                 limit=limit,
                 offset=offset,
             )
         return ProcessedEventPage(items, limit, offset)
 
-    @get("/processed-events/{event_id:str}", summary="One processed event")
+    @get(
+        "/processed-events/{event_id:str}",
+        summary="One processed event",
+        responses=error_responses(400, 404, *_GUARDED),
+    )
     async def get_event(
-        self, uow: NamedDependency[UnitOfWork], event_id: FromPath[str]
+        self, uow: NamedDependency[UnitOfWork], event_id: EventIdPath
     ) -> ProcessedEvent:
         async with uow:
             event = await uow.processed_events.find_processed_event_by_id(event_id)
@@ -100,11 +121,12 @@ class AdminController(Controller):
         "/processed-events/{event_id:str}/replay",
         status_code=202,
         summary="Replay a failed or dead-lettered event (a success only with force=true)",
+        responses=error_responses(400, 404, 409, *_GUARDED),
     )
     async def replay_event(
         self,
         uow: NamedDependency[UnitOfWork],
-        event_id: FromPath[str],
+        event_id: EventIdPath,
         force: Annotated[bool, QueryParameter()] = False,
     ) -> ReplayReceipt:
         try:
@@ -115,12 +137,20 @@ class AdminController(Controller):
             raise HTTPException(status_code=409, detail=str(refused)) from None
         return ReplayReceipt("replayed", event_id, force)
 
-    @get("/stats", summary="The seed's monitoring figures over 24 hours")
+    @get(
+        "/stats",
+        summary="The seed's monitoring figures over 24 hours",
+        responses=error_responses(*_GUARDED),
+    )
     async def stats(self, uow: NamedDependency[UnitOfWork]) -> Stats:
         async with uow:
             return await figures.stats(uow.connection)
 
-    @get("/alerts", summary="The seed's alert rules, evaluated now")
+    @get(
+        "/alerts",
+        summary="The seed's alert rules, evaluated now",
+        responses=error_responses(*_GUARDED),
+    )
     async def alerts(
         self, uow: NamedDependency[UnitOfWork], polling: NamedDependency[bool]
     ) -> AlertList:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import HeaderParameter, JSONBody, PathParameter
 
 from app.markets import service
 from app.markets.schemas import (
@@ -19,6 +19,7 @@ from app.markets.schemas import (
     RegisterMarketRequest,
     RegistrationView,
 )
+from app.openapi import error_responses
 from app.unit_of_work import UnitOfWork
 from app.validation import FieldError, RequestValidationError
 
@@ -35,6 +36,9 @@ IdempotencyKeyHeader = Annotated[
     ),
 ]
 
+# A string, so that a malformed id is reported in the API's own words (see parse_uuid).
+MarketIdPath = Annotated[str, PathParameter(format="uuid", description="The market's id")]
+
 
 class MarketController(Controller):
     path = "/api/v1/markets"
@@ -45,6 +49,7 @@ class MarketController(Controller):
         status_code=201,
         request_max_body_size=MAX_REGISTER_BODY,
         summary="Register a market; it awaits approval by Entity Permissions Core",
+        responses=error_responses(400, 409, 413, 503),
     )
     async def register(
         self,
@@ -65,9 +70,13 @@ class MarketController(Controller):
             headers["Idempotent-Replayed"] = "true"
         return Response(RegistrationView.of(outcome.registration), status_code=201, headers=headers)
 
-    @get("/{market_id:str}", summary="A market with its asset and approval state")
+    @get(
+        "/{market_id:str}",
+        summary="A market with its asset and approval state",
+        responses=error_responses(400, 404, 503),
+    )
     async def get_market(
-        self, market_id: FromPath[str], uow: NamedDependency[UnitOfWork]
+        self, market_id: MarketIdPath, uow: NamedDependency[UnitOfWork]
     ) -> MarketDetailView:
         detail = await service.get_market(uow, parse_uuid("id", market_id))
         return MarketDetailView(

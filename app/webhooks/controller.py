@@ -10,13 +10,12 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
-from app.errors import ErrorBody
 from app.inbound import intake
 from app.inbound.events import read_event
 from app.inbound.intake import Receipt
+from app.openapi import WebhookOperation, error_responses
 from app.unit_of_work import UnitOfWork
 from app.validation import RequestValidationError, convert_object, decode_json
 from app.webhooks import standard
@@ -88,18 +87,27 @@ class WebhookReceiver:
             self._warned_unsigned = True
 
 
-_ERRORS = {
-    status: ResponseSpec(data_container=ErrorBody, description=description)
-    for status, description in {
-        400: "Malformed JSON or an invalid event; every wrong field is listed",
+_RESPONSES = error_responses(
+    400,
+    401,
+    403,
+    413,
+    415,
+    429,
+    503,
+    descriptions={
         401: "Missing or bad signature (Standard Webhooks or SNS)",
         403: "Caller not in WEBHOOK_ALLOWED_CIDRS",
         413: "Body over 256 KiB",
         415: "Content-Type neither application/json nor text/plain",
-        429: "Rate limit exceeded",
-        503: "PostgreSQL unavailable: nothing was accepted, retry",
-    }.items()
-}
+    },
+)
+
+
+def is_sns_envelope(document: Any) -> bool:
+    """SNS's `Type` field, which a direct event never has: the envelope without its header
+    (a proxy may drop it) is still checked as SNS, never read as a malformed event."""
+    return isinstance(document, dict) and "Type" in document
 
 
 class WebhookController(Controller):
@@ -113,7 +121,8 @@ class WebhookController(Controller):
         summary="Receive an Entity Permissions decision (direct JSON or an SNS delivery)",
         description="A 200 means the event is durable in PostgreSQL. Repeats answer "
         "already_processed and change nothing.",
-        responses=_ERRORS,
+        responses=_RESPONSES,
+        operation_class=WebhookOperation,
     )
     async def entity_permissions(
         self,
@@ -129,10 +138,11 @@ class WebhookController(Controller):
                 detail="Content-Type must be application/json or text/plain",
             )
         body = await request.body()
-        if request.headers.get(SNS_TYPE_HEADER):
-            return await self._sns(decode_json(body), uow, receiver)
+        document = decode_json(body)
+        if request.headers.get(SNS_TYPE_HEADER) or is_sns_envelope(document):
+            return await self._sns(document, uow, receiver)
         receiver.authenticate_direct(dict(request.headers), body)
-        return await intake.accept(uow, read_event(decode_json(body)))
+        return await intake.accept(uow, read_event(document))
 
     async def _sns(
         self, document: Any, uow: UnitOfWork, receiver: WebhookReceiver
