@@ -132,7 +132,8 @@ async def _leaders(connection: Connection, prefix: str) -> Leaders:
         SELECT a.application_name,
                EXISTS (SELECT 1 FROM pg_locks l
                        WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted) AS leads
-        FROM pg_stat_activity a WHERE a.application_name LIKE $1 || '%'
+        FROM pg_stat_activity a
+        WHERE a.application_name LIKE $1 || '%' AND a.datname = current_database()
         """,
         prefix,
     )
