@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as redis
 
 from app.webhooks import standard
 from app.webhooks.guard import SourceGuard
@@ -24,6 +25,7 @@ from tests.support.flow import Flow
 from tests.support.markets import REGISTER, seed_body
 from tests.support.outbox import wait_until
 from tests.support.processes import free_port, start_api
+from tests.support.storage import assert_nothing_stored, row_counts
 
 WEBHOOK = "/api/v1/webhooks/entity-permissions"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -257,10 +259,20 @@ async def test_a_signed_request_is_accepted_with_either_rotated_secret(
 
 @pytest.mark.parametrize(
     "forge",
-    ["unsigned", "wrong secret", "tampered body", "expired", "from the future", "no v1"],
+    [
+        "unsigned",
+        "wrong secret",
+        "tampered body",
+        "expired: a captured delivery replayed after 5 minutes",
+        "from the future",
+        "no v1",
+        "replayed signature on another body",
+        "replayed signature under another webhook-id",
+        "replayed signature with a fresh timestamp",
+    ],
 )
 async def test_a_bad_signature_gets_401_and_stores_nothing(
-    signed: httpx.AsyncClient, db: asyncpg.Connection, forge: str
+    signed: httpx.AsyncClient, db: asyncpg.Connection, redis_client: redis.Redis, forge: str
 ) -> None:
     body = json.dumps(seed_event()).encode()
     headers = signed_headers(body)
@@ -270,18 +282,40 @@ async def test_a_bad_signature_gets_401_and_stores_nothing(
         headers = signed_headers(body, "whsec_" + "d3Jvbmctc2VjcmV0")
     elif forge == "tampered body":
         body = body.replace(b"approved", b"rejected", 1)
-    elif forge == "expired":
+    elif forge.startswith("expired"):
         headers = signed_headers(body, timestamp=int(time.time()) - 301)
     elif forge == "from the future":
         headers = signed_headers(body, timestamp=int(time.time()) + 301)
     elif forge == "no v1":
         headers["webhook-signature"] = headers["webhook-signature"].replace("v1,", "v2,")
+    elif forge == "replayed signature on another body":
+        body = json.dumps(seed_event()).encode()
+    elif forge == "replayed signature under another webhook-id":
+        headers["webhook-id"] = "msg_2"
+    elif forge == "replayed signature with a fresh timestamp":
+        headers = signed_headers(body, timestamp=int(time.time()) - 60)
+        headers["webhook-timestamp"] = str(int(time.time()))
 
     response = await signed.post(WEBHOOK, content=body, headers=headers)
 
     assert response.status_code == 401
     assert response.json()["errors"][0]["field"] == "signature"
-    assert await stored(db) == 0
+    await assert_nothing_stored(db, redis_client)
+
+
+async def test_a_delivery_replayed_within_the_tolerance_changes_nothing(
+    signed: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    body = json.dumps(seed_event()).encode()
+    headers = signed_headers(body)
+    first = await signed.post(WEBHOOK, content=body, headers=headers)
+    after_first = await row_counts(db)
+
+    replays = [await signed.post(WEBHOOK, content=body, headers=headers) for _ in range(3)]
+
+    assert first.json()["status"] == "accepted"
+    assert {r.json()["status"] for r in replays} == {"already_processed"}
+    assert await row_counts(db) == after_first
 
 
 async def test_the_rate_limit_holds_and_answers_429(

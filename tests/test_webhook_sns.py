@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as redis
 from litestar.testing import AsyncTestClient
 
 from app.main import create_app
@@ -22,6 +23,7 @@ from app.settings import load_settings
 from app.webhooks.sns import SnsVerifier
 from tests.conftest import service_env
 from tests.support.sns import CERT_URL, TOPIC_ARN, SnsSigner
+from tests.support.storage import assert_nothing_stored
 from tests.test_webhook import WEBHOOK, seed_event, stored
 
 SNS_HEADERS = {"content-type": "text/plain", "x-amz-sns-message-type": "Notification"}
@@ -110,32 +112,9 @@ def _tampered(message: dict[str, Any]) -> dict[str, Any]:
             ),
         ),
         (
-            "certificate over http",
-            lambda s: s.message(message=seed_event(), cert_url=CERT_URL.replace("https", "http")),
-        ),
-        (
-            "certificate on a foreign host",
+            "old timestamp, future side",
             lambda s: s.message(
-                message=seed_event(),
-                cert_url="https://sns.eu-west-1.amazonaws.com.evil.example/SimpleNotificationService-1.pem",
-            ),
-        ),
-        (
-            "certificate on an S3 host",
-            lambda s: s.message(
-                message=seed_event(),
-                cert_url="https://s3.amazonaws.com/SimpleNotificationService-1.pem",
-            ),
-        ),
-        (
-            "certificate URL with a query",
-            lambda s: s.message(message=seed_event(), cert_url=CERT_URL + "?x=1"),
-        ),
-        (
-            "certificate on another path",
-            lambda s: s.message(
-                message=seed_event(),
-                cert_url="https://sns.eu-west-1.amazonaws.com/evil/SimpleNotificationService-1.pem",
+                message=seed_event(), timestamp=datetime.now(UTC) + timedelta(minutes=6)
             ),
         ),
         ("unknown signature version", lambda s: s.message(message=seed_event(), version="3")),
@@ -145,13 +124,59 @@ async def test_forged_or_stale_sns_messages_get_401_and_store_nothing(
     sns_client: httpx.AsyncClient,
     signer: SnsSigner,
     db: asyncpg.Connection,
+    redis_client: redis.Redis,
     attack: str,
     build: Any,
 ) -> None:
     response = await post(sns_client, build(signer))
 
     assert response.status_code == 401, (attack, response.text)
-    assert await stored(db) == 0
+    await assert_nothing_stored(db, redis_client)
+
+
+@pytest.mark.parametrize(
+    "cert_url",
+    [
+        CERT_URL.replace("https", "http"),  # over http
+        "https://sns.eu-west-1.amazonaws.com.evil.example/SimpleNotificationService-1.pem",
+        "https://sns.eu-west-1.amazonaws.com@evil.example/SimpleNotificationService-1.pem",
+        "https://s3.amazonaws.com/SimpleNotificationService-1.pem",  # an S3 host
+        "https://evil.s3.amazonaws.com/SimpleNotificationService-1.pem",
+        CERT_URL + "?x=1",  # with a query string
+        CERT_URL + "#x",
+        "https://sns.eu-west-1.amazonaws.com/evil/SimpleNotificationService-1.pem",
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-1.pem.evil",
+        "https://sns.eu-west-1.amazonaws.com:8443/SimpleNotificationService-1.pem",
+        "https://127.0.0.1/SimpleNotificationService-1.pem",
+    ],
+)
+async def test_a_certificate_url_off_sns_is_never_fetched_and_nothing_is_stored(
+    sns_client: httpx.AsyncClient,
+    signer: SnsSigner,
+    db: asyncpg.Connection,
+    redis_client: redis.Redis,
+    cert_url: str,
+) -> None:
+    response = await post(sns_client, signer.message(message=seed_event(), cert_url=cert_url))
+
+    assert response.status_code == 401
+    assert signer.fetched == []
+    await assert_nothing_stored(db, redis_client)
+
+
+async def test_an_envelope_without_its_sns_header_is_still_verified_as_sns(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, db: asyncpg.Connection
+) -> None:
+    forged = _tampered(signer.message(message=seed_event()))
+    genuine = signer.message(message=seed_event())
+    plain = {"content-type": "text/plain"}
+
+    refused = await sns_client.post(WEBHOOK, content=json.dumps(forged), headers=plain)
+    accepted = await sns_client.post(WEBHOOK, content=json.dumps(genuine), headers=plain)
+
+    assert refused.status_code == 401
+    assert accepted.json()["status"] == "accepted"
+    assert await stored(db) == 1
 
 
 async def test_a_subscription_is_confirmed_after_the_signature_checks(
@@ -170,13 +195,22 @@ async def test_a_subscription_is_confirmed_after_the_signature_checks(
     [
         "https://169.254.169.254/latest/meta-data/",
         "https://10.0.0.5/?Action=ConfirmSubscription",
+        "https://127.0.0.1/?Action=ConfirmSubscription",
+        "https://[::1]/?Action=ConfirmSubscription",
+        "https://192.168.1.1/?Action=ConfirmSubscription",
+        "https://sns.eu-west-1.amazonaws.com@10.0.0.5/?Action=ConfirmSubscription",
         "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription",
         "http://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription",
         "https://sns.eu-west-1.amazonaws.com:8443/?Action=ConfirmSubscription",
     ],
 )
 async def test_a_subscribe_url_off_the_topics_sns_endpoint_is_never_fetched(
-    sns_client: httpx.AsyncClient, signer: SnsSigner, confirmed: list[str], subscribe_url: str
+    sns_client: httpx.AsyncClient,
+    signer: SnsSigner,
+    confirmed: list[str],
+    db: asyncpg.Connection,
+    redis_client: redis.Redis,
+    subscribe_url: str,
 ) -> None:
     message = signer.message(
         "SubscriptionConfirmation", message="subscribe", subscribe_url=subscribe_url
@@ -186,6 +220,7 @@ async def test_a_subscribe_url_off_the_topics_sns_endpoint_is_never_fetched(
 
     assert response.status_code == 401
     assert confirmed == []
+    await assert_nothing_stored(db, redis_client)
 
 
 async def test_a_forged_subscription_is_never_confirmed(
