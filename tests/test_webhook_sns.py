@@ -112,7 +112,7 @@ def _tampered(message: dict[str, Any]) -> dict[str, Any]:
             ),
         ),
         (
-            "old timestamp, future side",
+            "timestamp in the future",
             lambda s: s.message(
                 message=seed_event(), timestamp=datetime.now(UTC) + timedelta(minutes=6)
             ),
