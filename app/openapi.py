@@ -28,8 +28,9 @@ from litestar.openapi.spec import (
 )
 from litestar.typing import FieldDefinition
 
+from app.approvals.domain import DECISION_OF_EVENT
 from app.errors import ErrorBody
-from app.inbound.events import InboundEvent
+from app.inbound.events import DecisionPayload, InboundEvent
 from app.webhooks.sns import SnsMessage
 
 COMPONENTS_REF = "#/components/schemas/{name}"
@@ -126,22 +127,48 @@ ADMIN_COMPONENTS = Components(
 )
 
 
+def webhook_body() -> Schema:
+    """The direct event, exact for decisions, or the SNS envelope.
+
+    msgspec describes InboundEvent's payload as any object; read_event further requires
+    a DecisionPayload agreeing with the event type for market.approved and market.rejected.
+    """
+    schemas = _components(InboundEvent, DecisionPayload, SnsMessage)
+    event, payload = schemas["InboundEvent"], schemas["DecisionPayload"]
+    decisions = [
+        {
+            "allOf": [
+                event,
+                {
+                    "properties": {
+                        "event_type": {"const": event_type},
+                        "payload": {
+                            "allOf": [payload, {"properties": {"decision": {"const": decision}}}]
+                        },
+                    }
+                },
+            ]
+        }
+        for event_type, decision in DECISION_OF_EVENT.items()
+    ]
+    other_types = {"properties": {"event_type": {"not": {"enum": list(DECISION_OF_EVENT)}}}}
+    documents: list[dict[str, Any]] = [
+        *decisions,
+        {"allOf": [event, other_types]},
+        schemas["SnsMessage"],
+    ]
+    return Schema(one_of=[from_json_schema(document) for document in documents])
+
+
 @dataclasses.dataclass
 class WebhookOperation(Operation):
     """The webhook's operation, with the body it reads itself documented."""
 
     def __post_init__(self) -> None:
         # Inline: Litestar rebuilds components/schemas from the types it has seen itself.
-        body = Schema(
-            one_of=[
-                from_json_schema(schema)
-                for schema in _components(InboundEvent, SnsMessage).values()
-            ]
-        )
         self.request_body = RequestBody(
-            content={"application/json": OpenAPIMediaType(schema=body)},
+            content={"application/json": OpenAPIMediaType(schema=webhook_body())},
             required=True,
-            description="An Entity Permissions event (payload as DecisionPayload for "
-            "market.approved and market.rejected), or an SNS envelope carrying one in "
+            description="An Entity Permissions event, or an SNS envelope carrying one in "
             "Message; SNS posts it as text/plain, which is accepted too.",
         )
