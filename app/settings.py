@@ -53,7 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_allowed_cidrs: tuple[str, ...] = ()  # empty: any address
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For is believed
     # The outbox relay.
-    outbox_batch_size: int = 500
+    outbox_batch_size: int = 1000  # rows per batch; a batch holds Redis about 4 ms
     outbox_poll_interval_s: float = 1.0
     outbox_retention_hours: float = 168.0
     processed_events_retention_days: float = 30.0
