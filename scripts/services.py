@@ -244,7 +244,7 @@ async def up() -> None:
     else:
         start_local_postgres(settings.database_url)
     dev_db = urlsplit(settings.database_url).path.lstrip("/")
-    others = (test_database_url, bench_database_url)
+    others = (test_database_url, bench_database_url, soak_database_url)
     names = [urlsplit(url_of(settings.database_url)).path.lstrip("/") for url_of in others]
     await ensure_databases(settings.database_url, [dev_db, *names])
     if _redis_answers(settings.redis_url):

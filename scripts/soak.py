@@ -2,12 +2,12 @@
 
 Every process runs as in production (API, relay, two consumers, poller, simulator
 pushing webhooks) on a database of its own (SOAK_DATABASE_URL, default DATABASE_URL's
-name + `_soak`) and a Redis server started for the run, with retention windows of a few
-minutes so that the tables must level off within the run. Every SAMPLE_EVERY_S it
-prints each process's RSS and the sizes of the outbox and processed_events tables; at
-the end it counts every market, decision and stream entry against what was accepted,
-exactly as the fault matrix does. It exits 1 if anything was lost or applied twice, or
-if a table or a process kept growing once retention had run.
+name + `_soak`, created by `make services`) and a Redis server started for the run,
+with retention windows of a few minutes so that the tables must level off within the
+run. Every SAMPLE_EVERY_S it prints each process's RSS and the sizes of the outbox and
+processed_events tables; at the end it counts every market, decision and stream entry
+against what was accepted, exactly as the fault matrix does. It exits 1 if anything was
+lost or applied twice, or if a table or a process kept growing once retention had run.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import redis.asyncio as redis
 
 from app.settings import load_settings
-from scripts.services import ensure_databases, soak_database_url
+from scripts.services import soak_database_url
 from tests.conftest import TABLES, run_migrations
 from tests.support.load import SteadyLoad
 from tests.support.outbox import wait_until
@@ -83,13 +82,6 @@ def print_row(row: dict[str, Any]) -> None:
         f" {row['markets']:>8}",
         flush=True,
     )
-
-
-async def prepare_database() -> str:
-    database_url = soak_database_url(load_settings().database_url)
-    await ensure_databases(database_url, [urlsplit(database_url).path.lstrip("/")])
-    run_migrations(database_url)
-    return database_url
 
 
 def soak_stack(database_url: str, redis_url: str) -> Stack:
@@ -149,7 +141,9 @@ def still_growing(rows: list[dict[str, Any]]) -> list[str]:
 
 async def soak(minutes: float) -> dict[str, Any] | None:
     """The run's figures, or None when something was lost or kept growing (reason printed)."""
-    database_url = await prepare_database()
+    # `make services` (which `make soak` runs first) creates it, beside the test database.
+    database_url = soak_database_url(load_settings().database_url)
+    run_migrations(database_url)
     db = await asyncpg.connect(database_url)
     await db.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
     redis_server = RedisServer()

@@ -36,6 +36,7 @@ async def test_services_start_throw_away_servers_when_none_answer() -> None:
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "TEST_DATABASE_URL": "",
         "BENCH_DATABASE_URL": "",
+        "SOAK_DATABASE_URL": "",
     }
     try:
         started = services("up", env)
@@ -47,7 +48,7 @@ async def test_services_start_throw_away_servers_when_none_answer() -> None:
             r["datname"] for r in await connection.fetch("SELECT datname FROM pg_database")
         }
         await connection.close()
-        assert {"marketdb", "marketdb_test", "marketdb_bench"} <= databases
+        assert {"marketdb", "marketdb_test", "marketdb_bench", "marketdb_soak"} <= databases
         assert redis.Redis(port=redis_port).ping()
 
         again = services("up", env)
