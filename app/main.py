@@ -21,6 +21,7 @@ from app.logging import configure_logging
 from app.markets.controller import MarketController
 from app.monitoring.metrics import FLOW, HTTP_METRICS, MetricsController
 from app.openapi import ADMIN_COMPONENTS, ExactStructSchemaPlugin
+from app.process import secrets_used_by
 from app.redis_client import connect_redis
 from app.settings import Settings, get_settings
 from app.unit_of_work import UnitOfWork
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
     """The API. `sns` replaces the SNS verifier (tests sign with a certificate of their own)."""
     settings = settings or get_settings()
     configure_logging(settings)
-    settings.check_secrets()
+    settings.check_secrets(secrets_used_by("api"))
     FLOW.polling_enabled = bool(settings.permissions_service_base_url)
 
     @asynccontextmanager

@@ -3,19 +3,51 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+from typing import Final, NoReturn
 
 import uvicorn
 
 from app.logging import configure_logging
-from app.settings import Settings, get_settings
+from app.settings import ConfigError, Settings, Uses, get_settings
+
+log = logging.getLogger(__name__)
+
+# The secrets each command reads, so that in production it requires those and no others.
+# A role missing here requires every secret: a new command fails closed until listed.
+SECRETS_USED: Final[dict[str, Uses]] = {
+    "api": Uses.HTTP_API,
+    "consumer": Uses.POLLING,  # it runs the poller when PERMISSIONS_SERVICE_BASE_URL is set
+    "poller": Uses.POLLING,
+    "relay": Uses.NOTHING,
+    "cleanup": Uses.NOTHING,
+    "replay": Uses.NOTHING,
+}
+
+
+def secrets_used_by(role: str) -> Uses:
+    return SECRETS_USED.get(role, Uses.EVERYTHING)
 
 
 def start_process(role: str) -> Settings:
-    settings = get_settings()
+    """Settings, logging and the secrets check of a command; exits 1 naming what is wrong."""
+    try:
+        settings = get_settings()
+    except ConfigError as error:
+        raise SystemExit(f"{role}: {error}") from None
     configure_logging(settings, role)
-    settings.check_secrets()
+    try:
+        settings.check_secrets(secrets_used_by(role))
+    except ConfigError as error:
+        refuse_to_start(error)
     return settings
+
+
+def refuse_to_start(error: ConfigError) -> NoReturn:
+    """One log line (JSON in production, for the log pipeline) and exit status 1, no traceback."""
+    log.critical("%s", error)
+    raise SystemExit(1)
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -28,5 +60,11 @@ def stop_on_signals() -> asyncio.Event:
 
 
 def serve_http(factory: str, host: str, port: int) -> None:
-    """Serve an app factory ("module:function") with uvicorn; logging stays ours."""
-    uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False)
+    """Serve an app factory ("module:function") with uvicorn; logging stays ours.
+
+    The factory checks the configuration; a refusal ends the process like any other
+    command's, with its reason and no traceback."""
+    try:
+        uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False)
+    except ConfigError as error:
+        refuse_to_start(error)

@@ -5,12 +5,14 @@ Names follow DESIGN.md. Values in the process environment win over `.env`.
 
 from __future__ import annotations
 
+import enum
 import functools
 import ipaddress
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -19,6 +21,11 @@ from app.webhooks.standard import decode_secret
 log = logging.getLogger(__name__)
 
 AppEnv = Literal["development", "test", "production"]
+
+# Production refuses shorter secrets: an HMAC key under 24 bytes or a bearer token under
+# 32 characters is within reach of a determined guesser (or was typed as a placeholder).
+MIN_WEBHOOK_KEY_BYTES = 24
+MIN_TOKEN_CHARACTERS = 32
 
 # Environment variables holding several values, separated by white space.
 _LIST_FIELDS = frozenset(
@@ -30,6 +37,17 @@ _MAP_FIELDS = frozenset({"stream_maxlen"})
 
 class ConfigError(RuntimeError):
     """The configuration cannot be used; the message says which variable and why."""
+
+
+class Uses(enum.Flag):
+    """The secrets a process reads: it requires those, and no others, in production."""
+
+    NOTHING = 0
+    # ADMIN_TOKEN, WEBHOOK_SECRETS or SNS_TOPIC_ARNS, and METRICS_TOKEN when set.
+    HTTP_API = enum.auto()
+    # PERMISSIONS_SERVICE_API_KEY, when PERMISSIONS_SERVICE_BASE_URL is set.
+    POLLING = enum.auto()
+    EVERYTHING = HTTP_API | POLLING
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +66,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_secrets: tuple[str, ...] = ()
     sns_topic_arns: tuple[str, ...] = ()
     admin_token: str | None = None
+    metrics_token: str | None = None  # unset: /metrics answers anyone
+    # The flow's figures on /metrics are read at most this often, however often scraped.
+    metrics_refresh_interval_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 5.0
     sns_verify: bool = True  # false only outside production
     webhook_rate_limit_per_minute: int = 6000  # per client address, across API workers
     webhook_allowed_cidrs: tuple[str, ...] = ()  # empty: any address
@@ -78,24 +99,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """The approximate length a stream is trimmed to."""
         return self.stream_maxlen.get(stream, self.stream_maxlen_default)
 
-    def missing_secrets(self) -> list[str]:
-        """Secrets a production deployment must have, by variable name."""
-        missing = []
-        if not self.admin_token:
-            missing.append("ADMIN_TOKEN")
-        if not self.webhook_secrets and not self.sns_topic_arns:
-            missing.append("WEBHOOK_SECRETS or SNS_TOPIC_ARNS")
-        if self.permissions_service_base_url and not self.permissions_service_api_key:
-            missing.append("PERMISSIONS_SERVICE_API_KEY")
-        return missing
-
     def check_values(self) -> None:
         """Values that parse but cannot work; raises ConfigError naming the variable."""
-        for secret in self.webhook_secrets:
-            try:
-                decode_secret(secret)
-            except ValueError as error:
-                raise ConfigError(f"invalid configuration: WEBHOOK_SECRETS: {error}") from None
+        for number, secret in enumerate(self.webhook_secrets, start=1):
+            if not _webhook_key(number, secret):
+                raise ConfigError(
+                    f"invalid configuration: WEBHOOK_SECRETS: secret {number} is an empty key, "
+                    "with which anyone can sign"
+                )
+        for name in ("admin_token", "metrics_token"):
+            token = getattr(self, name)
+            if token is not None and not _fits_a_header(token):
+                raise ConfigError(
+                    f"invalid configuration: {name.upper()}: white space or control characters, "
+                    "which an Authorization header cannot carry"
+                )
         for name in ("webhook_allowed_cidrs", "trusted_proxies"):
             for cidr in getattr(self, name):
                 try:
@@ -107,18 +125,67 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.is_production and not self.sns_verify:
             raise ConfigError("invalid configuration: SNS_VERIFY=false is refused in production")
 
-    def check_secrets(self) -> None:
-        """Refuse to run in production without secrets; elsewhere warn loudly and go on."""
+    def missing_secrets(self, uses: Uses) -> list[str]:
+        """Secrets a process that `uses` them cannot do without in production, by variable."""
+        missing = []
+        if Uses.HTTP_API in uses:
+            if not self.admin_token:
+                missing.append("ADMIN_TOKEN is not set")
+            if not self.webhook_secrets and not self.sns_topic_arns:
+                missing.append("WEBHOOK_SECRETS or SNS_TOPIC_ARNS is not set")
+        if (
+            Uses.POLLING in uses
+            and self.permissions_service_base_url
+            and not self.permissions_service_api_key
+        ):
+            missing.append("PERMISSIONS_SERVICE_API_KEY is not set")
+        return missing
+
+    def weak_secrets(self, uses: Uses) -> list[str]:
+        """Secrets set but too short for production; never their values, only their names."""
+        if Uses.HTTP_API not in uses:
+            return []
+        weak = [
+            f"WEBHOOK_SECRETS: secret {number} decodes to under {MIN_WEBHOOK_KEY_BYTES} bytes"
+            for number, secret in enumerate(self.webhook_secrets, start=1)
+            if len(_webhook_key(number, secret)) < MIN_WEBHOOK_KEY_BYTES
+        ]
+        for name in ("admin_token", "metrics_token"):
+            token = getattr(self, name)
+            if token and len(token) < MIN_TOKEN_CHARACTERS:
+                weak.append(f"{name.upper()} is under {MIN_TOKEN_CHARACTERS} characters")
+        return weak
+
+    def check_secrets(self, uses: Uses) -> None:
+        """Refuse to run in production without strong secrets for what the process `uses`;
+        elsewhere warn once and go on. An unusable value is refused everywhere."""
         self.check_values()
-        missing = self.missing_secrets()
-        if not missing:
+        problems = [*self.missing_secrets(uses), *self.weak_secrets(uses)]
+        if not problems:
             return
-        names = ", ".join(missing)
         if self.is_production:
-            raise ConfigError(f"APP_ENV=production requires {names}; refusing to start")
+            raise ConfigError(
+                f"refusing to start: APP_ENV is production and "
+                f"{'; '.join(problems)}. Local development sets APP_ENV=development "
+                "(in the environment or .env)."
+            )
         log.warning(
-            "insecure configuration: %s not set; acceptable in %s only", names, self.app_env
+            "insecure configuration, acceptable in %s only: %s", self.app_env, "; ".join(problems)
         )
+
+
+def _fits_a_header(token: str) -> bool:
+    return token.isprintable() and not any(character.isspace() for character in token)
+
+
+def _webhook_key(number: int, secret: str) -> bytes:
+    """The HMAC key of the `number`th of WEBHOOK_SECRETS; never echoes the secret."""
+    try:
+        return decode_secret(secret)
+    except ValueError as error:
+        raise ConfigError(
+            f"invalid configuration: WEBHOOK_SECRETS: secret {number}: {error}"
+        ) from None
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -141,7 +208,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 
 def load_settings(
-    environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")
+    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
 ) -> Settings:
     """Build Settings from `.env` overlaid by the environment; raise ConfigError on bad values."""
     source = read_dotenv(dotenv) if dotenv is not None else {}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +14,33 @@ from pathlib import Path
 import pytest
 
 from app.logging import JsonFormatter
-from app.settings import ConfigError, load_settings
-from tests.support.processes import ROOT
+from app.settings import ConfigError, Uses, load_settings
+from tests.support.processes import ROOT, free_port
 
-SECRETS = {"ADMIN_TOKEN": "t", "WEBHOOK_SECRETS": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+ADMIN_TOKEN = "a-test-admin-token-of-40-characters-xyz!"
+SECRETS = {"ADMIN_TOKEN": ADMIN_TOKEN, "WEBHOOK_SECRETS": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+
+
+def whsec(key_bytes: int) -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(key_bytes)).decode()
+
+
+def run_api(env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`python -m app` with only `env` (nothing inherited); it must exit on its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=cwd,
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(ROOT),
+            "HTTP_PORT": str(free_port()),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_defaults_match_the_seed() -> None:
@@ -59,13 +85,13 @@ def test_production_refuses_to_start_without_its_secrets() -> None:
     settings = load_settings({"APP_ENV": "production"}, dotenv=None)
 
     with pytest.raises(ConfigError, match=r"ADMIN_TOKEN.*WEBHOOK_SECRETS"):
-        settings.check_secrets()
+        settings.check_secrets(Uses.HTTP_API)
 
 
 def test_production_with_its_secrets_starts(caplog: pytest.LogCaptureFixture) -> None:
     settings = load_settings({"APP_ENV": "production", **SECRETS}, dotenv=None)
 
-    settings.check_secrets()
+    settings.check_secrets(Uses.EVERYTHING)
 
     assert not caplog.records
 
@@ -77,31 +103,120 @@ def test_polling_in_production_needs_the_api_key() -> None:
     )
 
     with pytest.raises(ConfigError, match="PERMISSIONS_SERVICE_API_KEY"):
-        settings.check_secrets()
+        settings.check_secrets(Uses.POLLING)
 
 
 def test_development_warns_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     settings = load_settings({"APP_ENV": "development"}, dotenv=None)
 
     with caplog.at_level(logging.WARNING):
-        settings.check_secrets()
+        settings.check_secrets(Uses.EVERYTHING)
 
     assert "ADMIN_TOKEN" in caplog.text
 
 
 def test_the_api_process_exits_in_production_without_secrets() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "app"],
-        cwd=ROOT,
-        env={"APP_ENV": "production", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_api({"APP_ENV": "production"})
 
     assert result.returncode != 0
     assert "refusing to start" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# Issue item 4: weak secrets in production.
+
+
+@pytest.mark.parametrize("app_env", ["development", "test", "production"])
+def test_weak_secrets_an_empty_webhook_key_is_refused_in_every_environment(app_env: str) -> None:
+    settings = load_settings(
+        {"APP_ENV": app_env, "ADMIN_TOKEN": ADMIN_TOKEN, "WEBHOOK_SECRETS": "whsec_"},
+        dotenv=None,
+    )
+
+    with pytest.raises(ConfigError, match=r"WEBHOOK_SECRETS: secret 1 is an empty key"):
+        settings.check_secrets(Uses.NOTHING)
+
+
+def test_weak_secrets_production_refuses_a_short_webhook_secret_by_name_only() -> None:
+    short = whsec(23)
+    settings = load_settings(
+        {
+            "APP_ENV": "production",
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "WEBHOOK_SECRETS": f"{whsec(24)} {short}",
+        },
+        dotenv=None,
+    )
+
+    with pytest.raises(ConfigError) as refused:
+        settings.check_secrets(Uses.HTTP_API)
+
+    message = str(refused.value)
+    assert "WEBHOOK_SECRETS: secret 2 decodes to under 24 bytes" in message
+    assert short.removeprefix("whsec_") not in message
+
+
+@pytest.mark.parametrize("variable", ["ADMIN_TOKEN", "METRICS_TOKEN"])
+def test_weak_secrets_production_refuses_a_short_token_by_name_only(variable: str) -> None:
+    short = "x" * 7 + secrets.token_hex(12)  # 31 characters
+    settings = load_settings({"APP_ENV": "production", **SECRETS, variable: short}, dotenv=None)
+
+    with pytest.raises(ConfigError) as refused:
+        settings.check_secrets(Uses.HTTP_API)
+
+    assert f"{variable} is under 32 characters" in str(refused.value)
+    assert short not in str(refused.value)
+
+
+def test_weak_secrets_of_32_characters_and_24_bytes_are_enough() -> None:
+    settings = load_settings(
+        {
+            "APP_ENV": "production",
+            "ADMIN_TOKEN": "a" * 32,
+            "METRICS_TOKEN": "m" * 32,
+            "WEBHOOK_SECRETS": whsec(24),
+        },
+        dotenv=None,
+    )
+
+    settings.check_secrets(Uses.EVERYTHING)
+
+
+def test_weak_secrets_outside_production_get_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    short_secret = whsec(8)
+    settings = load_settings(
+        {"APP_ENV": "development", "ADMIN_TOKEN": "a", "WEBHOOK_SECRETS": short_secret},
+        dotenv=None,
+    )
+
+    with caplog.at_level(logging.WARNING):
+        settings.check_secrets(Uses.HTTP_API)
+
+    [warning] = caplog.records
+    assert "ADMIN_TOKEN is under 32 characters" in warning.getMessage()
+    assert "WEBHOOK_SECRETS: secret 1 decodes to under 24 bytes" in warning.getMessage()
+    assert short_secret.removeprefix("whsec_") not in caplog.text
+
+
+@pytest.mark.parametrize("token", ["two words", "tab\tinside", "new\nline"])
+def test_weak_secrets_a_token_no_header_can_carry_is_refused(token: str) -> None:
+    settings = load_settings({"APP_ENV": "development", "ADMIN_TOKEN": token}, dotenv=None)
+
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN: white space or control characters"):
+        settings.check_secrets(Uses.NOTHING)
+
+
+def test_weak_secrets_the_api_process_refuses_them_naming_each_variable() -> None:
+    short_secret, short_token = whsec(16), "admin-" + secrets.token_hex(4)
+    result = run_api(
+        {"APP_ENV": "production", "ADMIN_TOKEN": short_token, "WEBHOOK_SECRETS": short_secret}
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert "ADMIN_TOKEN is under 32 characters" in result.stderr
+    assert "WEBHOOK_SECRETS: secret 1 decodes to under 24 bytes" in result.stderr
+    assert short_token not in result.stderr
+    assert short_secret.removeprefix("whsec_") not in result.stderr
 
 
 def test_stream_lengths_are_set_per_stream() -> None:
