@@ -1,4 +1,7 @@
 # market-backend: every entry point a person uses. `make help` lists them.
+# APP_ENV unset (in the environment and .env) means production, which refuses to start
+# without the secrets a process uses; `make run` and `make demo` mean development instead,
+# and the tests, the soak and the bench give their processes APP_ENV=test.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -27,7 +30,7 @@ services-down: install ## stop the throw-away servers `make services` started
 migrate: services ## apply every migration in piccolo_migrations/ (a second run changes nothing)
 	$(PY) -m piccolo.main migrations forwards market
 
-api: migrate ## serve the HTTP API on HTTP_HOST:HTTP_PORT (default 127.0.0.1:3000)
+api: migrate ## serve the HTTP API on HTTP_HOST:HTTP_PORT (default 127.0.0.1:3000); production unless APP_ENV says otherwise
 	$(PY) -m app
 
 relay: migrate ## the outbox relay: committed outbox rows onto their Redis streams (one leads, others stand by)
@@ -52,7 +55,7 @@ demo: install ## in a second shell while `make run` runs: the seed's flow, step 
 cleanup: migrate ## apply retention once (old published outbox rows, processed events, idempotency keys)
 	$(PY) -m relay cleanup
 
-run: migrate ## the whole service in one command (API and relay), output prefixed by process; Ctrl-C stops all
+run: migrate ## the whole service in one command (API, relay, consumer, simulator), output prefixed by process; Ctrl-C stops all; APP_ENV unset means development here
 	$(PY) -m scripts.run
 
 test: services ## the test suite against real PostgreSQL and Redis

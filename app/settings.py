@@ -1,6 +1,9 @@
 """Configuration read once from the environment (and `.env` when present).
 
-Names follow DESIGN.md. Values in the process environment win over `.env`.
+Names follow DESIGN.md. Values in the process environment win over `.env`. APP_ENV
+unset means production: a deployment that forgot it fails closed (refuses to start
+without its secrets) rather than accepting unsigned webhooks; the commands meant for
+a person at a terminal (`make run`, `make demo`) and the tests set it themselves.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class Uses(enum.Flag):
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    app_env: AppEnv = "development"
+    app_env: AppEnv = "production"
     http_host: str = "127.0.0.1"
     http_port: int = 3000
     database_url: str = "postgresql://postgres@127.0.0.1:5432/marketdb"
@@ -165,7 +168,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             return
         if self.is_production:
             raise ConfigError(
-                f"refusing to start: APP_ENV is production and "
+                f"refusing to start: APP_ENV is production (its default when unset) and "
                 f"{'; '.join(problems)}. Local development sets APP_ENV=development "
                 "(in the environment or .env)."
             )
@@ -208,10 +211,15 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+    environ: Mapping[str, str] | None = None,
+    dotenv: Path | None = Path(".env"),
+    defaults: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build Settings from `.env` overlaid by the environment; raise ConfigError on bad values."""
-    source = read_dotenv(dotenv) if dotenv is not None else {}
+    """Build Settings from `defaults`, overlaid by `.env`, overlaid by the environment;
+    raise ConfigError on bad values. `defaults` lets a command meant for development
+    (`make run`) default APP_ENV to development while `.env` or the environment decide."""
+    source = dict(defaults or {})
+    source.update(read_dotenv(dotenv) if dotenv is not None else {})
     source.update(os.environ if environ is None else environ)
     raw: dict[str, object] = {}
     for field in msgspec.structs.fields(Settings):

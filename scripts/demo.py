@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 import redis.asyncio as redis
 
-from app.settings import get_settings
-from scripts.run import SIMULATOR_PORT
+from scripts.run import SIMULATOR_PORT, local_settings
 
 REGISTER_BODY = {
     "name": "Demo Market",
@@ -49,7 +48,7 @@ async def eventually(check: Callable[[], Awaitable[Any]], what: str, within: flo
 
 
 async def demo() -> None:
-    settings = get_settings()
+    settings = local_settings()  # the same view of `.env` as the `make run` it talks to
     api = f"http://127.0.0.1:{settings.http_port}"
     epc = settings.permissions_service_base_url or f"http://127.0.0.1:{SIMULATOR_PORT}"
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)

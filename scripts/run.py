@@ -1,5 +1,9 @@
 """`make run`: every process of the service in one terminal, each line prefixed by its name.
 
+It is for a person at a terminal, so APP_ENV left unset (in the environment and `.env`)
+means development here, and the processes it starts are told so explicitly; an APP_ENV
+that is set, production included, is passed on as it is.
+
 The API, the relay and a consumer; in development also the Entity Permissions Core
 simulator, with both integration paths wired to it: it pushes each decision to the
 webhook (signed with a secret made for this run unless WEBHOOK_SECRETS is set) and the
@@ -15,8 +19,9 @@ import os
 import secrets
 import signal
 import sys
+from pathlib import Path
 
-from app.settings import Settings, get_settings
+from app.settings import Settings, load_settings
 
 PROCESSES: dict[str, list[str]] = {
     "api": ["-m", "app"],
@@ -26,6 +31,23 @@ PROCESSES: dict[str, list[str]] = {
 SIMULATOR = ["-m", "simulator"]
 SIMULATOR_PORT = 8000
 DEV_EPC_KEY = "dev-epc-key"
+# What `make run` and `make demo` assume when neither the environment nor `.env` says.
+DEVELOPMENT_DEFAULTS = {"APP_ENV": "development"}
+
+
+def local_settings(
+    environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")
+) -> Settings:
+    return load_settings(environ, dotenv, defaults=DEVELOPMENT_DEFAULTS)
+
+
+def child_environment(settings: Settings, environ: dict[str, str]) -> dict[str, str]:
+    """The environment of every process `make run` starts: APP_ENV always explicit, so a
+    child never falls back to its own default (production) behind our back."""
+    env = {**environ, "APP_ENV": settings.app_env}
+    if settings.app_env == "development":
+        env |= development_wiring(settings)
+    return env
 
 
 def development_wiring(settings: Settings) -> dict[str, str]:
@@ -63,12 +85,12 @@ async def _pump(name: str, colour: str, stream: asyncio.StreamReader) -> None:
 
 
 async def main() -> int:
-    settings = get_settings()
+    settings = local_settings()
+    print(f"run: APP_ENV={settings.app_env}", flush=True)
     processes = dict(PROCESSES)
-    env = dict(os.environ)
+    env = child_environment(settings, dict(os.environ))
     if settings.app_env == "development":
         processes["epc"] = SIMULATOR
-        env |= development_wiring(settings)
     children = {
         name: await asyncio.create_subprocess_exec(
             sys.executable,

@@ -1,13 +1,14 @@
 """`make soak MINUTES=10`: the whole service under steady mixed load for a while.
 
-Every process runs as in production (API, relay, two consumers, poller, simulator
-pushing webhooks) on a database of its own (SOAK_DATABASE_URL, default DATABASE_URL's
-name + `_soak`, created by `make services`) and a Redis server started for the run,
-with retention windows of a few minutes so that the tables must level off within the
-run. Every SAMPLE_EVERY_S it prints each process's RSS and the sizes of the outbox and
-processed_events tables; at the end it counts every market, decision and stream entry
-against what was accepted, exactly as the fault matrix does. It exits 1 if anything was
-lost or applied twice, or if a table or a process kept growing once retention had run.
+Every process runs as it would be deployed (API, relay, two consumers, poller, simulator
+pushing signed webhooks; APP_ENV=test) on a database of its own (SOAK_DATABASE_URL,
+default DATABASE_URL's name + `_soak`, created by `make services`) and a Redis server
+started for the run, with retention windows of a few minutes so that the tables must
+level off within the run. Every SAMPLE_EVERY_S it prints each process's RSS and the
+sizes of the outbox and processed_events tables; at the end it counts every market,
+decision and stream entry against what was accepted, exactly as the fault matrix does.
+It exits 1 if anything was lost or applied twice, or if a table or a process kept
+growing once retention had run.
 """
 
 from __future__ import annotations

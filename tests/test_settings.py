@@ -15,7 +15,8 @@ import pytest
 
 from app.logging import JsonFormatter
 from app.settings import ConfigError, Uses, load_settings
-from tests.support.processes import ROOT, free_port
+from tests.conftest import service_env
+from tests.support.processes import ROOT, ManagedProcess, free_port, start_api
 
 ADMIN_TOKEN = "a-test-admin-token-of-40-characters-xyz!"
 SECRETS = {"ADMIN_TOKEN": ADMIN_TOKEN, "WEBHOOK_SECRETS": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
@@ -248,3 +249,110 @@ def test_production_logs_are_json_lines_with_their_fields() -> None:
     assert line["message"] == "inbound event e-1: accepted"
     assert line["event_id"] == "e-1" and line["market_id"] == "m-1"
     assert line["level"] == "info"
+
+
+# Issue item 5: fail closed by default.
+
+
+def test_fail_closed_by_default_app_env_unset_means_production() -> None:
+    settings = load_settings({}, dotenv=None)
+
+    assert settings.app_env == "production"
+    with pytest.raises(ConfigError) as refused:
+        settings.check_secrets(Uses.HTTP_API)
+    assert "ADMIN_TOKEN is not set; WEBHOOK_SECRETS or SNS_TOPIC_ARNS is not set" in str(
+        refused.value
+    )
+    assert "sets APP_ENV=development (in the environment or .env)" in str(refused.value)
+
+
+def test_fail_closed_by_default_dotenv_still_chooses_the_environment(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("APP_ENV=development\n")
+
+    assert load_settings({}, dotenv=dotenv).app_env == "development"
+    assert load_settings({"APP_ENV": "test"}, dotenv=dotenv).app_env == "test"
+
+
+def test_fail_closed_by_default_the_api_refuses_to_start_with_app_env_unset(
+    tmp_path: Path,
+) -> None:
+    result = run_api({}, cwd=tmp_path)  # no APP_ENV anywhere: no .env in tmp_path
+
+    assert result.returncode == 1, result.stderr
+    assert "ADMIN_TOKEN is not set; WEBHOOK_SECRETS or SNS_TOPIC_ARNS is not set" in result.stderr
+    assert "APP_ENV=development (in the environment or .env)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_fail_closed_by_default_the_api_in_production_needs_no_polling_key(
+    log_dir: Path,
+) -> None:
+    """The API never polls: PERMISSIONS_SERVICE_API_KEY is the poller's to require."""
+    env = service_env(
+        APP_ENV="production", PERMISSIONS_SERVICE_BASE_URL="http://127.0.0.1:9", **SECRETS
+    )
+    process, _ = start_api(env, log_dir, "api-production")
+    process.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "ready_line"),
+    [
+        (["-m", "relay"], "leading: publishing"),
+        (["-m", "app.approvals"], "consuming entity-permissions:events"),
+    ],
+)
+def test_fail_closed_by_default_workers_in_production_need_no_api_secret(
+    log_dir: Path, args: list[str], ready_line: str
+) -> None:
+    worker = ManagedProcess(
+        f"worker-production-{args[-1]}", args, service_env(APP_ENV="production"), log_dir
+    )
+    worker.wait_for_log(ready_line)
+
+    assert worker.stop() == 0, worker.log_tail()
+
+
+@pytest.mark.parametrize("command", [["cleanup"], ["replay", "--since", "2026-01-01T00:00:00Z"]])
+def test_fail_closed_by_default_one_off_commands_in_production_need_no_secret(
+    log_dir: Path, command: list[str]
+) -> None:
+    one_off = ManagedProcess(
+        f"production-{command[0]}",
+        ["-m", "relay", *command],
+        service_env(APP_ENV="production"),
+        log_dir,
+    )
+
+    assert one_off.process.wait(60) == 0, one_off.log_tail()
+
+
+@pytest.mark.parametrize("args", [["-m", "app.approvals"], ["-m", "relay", "poll"]])
+def test_fail_closed_by_default_a_poller_in_production_needs_its_api_key(
+    log_dir: Path, args: list[str]
+) -> None:
+    env = service_env(APP_ENV="production", PERMISSIONS_SERVICE_BASE_URL="http://127.0.0.1:9")
+    poller = ManagedProcess(f"poller-production-{args[-1]}", args, env, log_dir)
+
+    assert poller.process.wait(60) == 1
+    log = poller.log_text()
+    assert "PERMISSIONS_SERVICE_API_KEY is not set" in log
+    assert "ADMIN_TOKEN" not in log
+    assert "Traceback" not in log
+
+
+def test_fail_closed_by_default_make_run_and_demo_run_in_development(tmp_path: Path) -> None:
+    from scripts.run import child_environment, local_settings  # noqa: PLC0415
+
+    settings = local_settings({}, dotenv=None)
+    children = child_environment(settings, {"PATH": "/usr/bin"})
+
+    assert settings.app_env == "development"
+    assert children["APP_ENV"] == "development"  # explicit: never a child's own default
+    assert children["WEBHOOK_SECRETS"] == children["EPC_WEBHOOK_SECRET"]
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("APP_ENV=production\n")
+    chosen = local_settings({}, dotenv=dotenv)
+    assert child_environment(chosen, {})["APP_ENV"] == "production"
+    assert "WEBHOOK_SECRETS" not in child_environment(chosen, {})
