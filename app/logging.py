@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from app.settings import Settings
 
@@ -41,3 +43,46 @@ def configure_logging(settings: Settings, process: str = "api") -> None:
     # One line per HTTP request to Entity Permissions Core is noise; failures are logged
     # by the poller itself, once per change of state.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+
+
+class DependencyLog:
+    """One line when a dependency goes down, with the error (which may name hosts, ports
+    and users, so it belongs in the log and never in an answer), and one when it answers
+    again: once per change of state, however often it is checked."""
+
+    def __init__(
+        self, logger: logging.Logger, checker: str, addresses: Mapping[str, str] | None = None
+    ) -> None:
+        self._logger = logger
+        self._checker = checker
+        self._addresses = addresses or {}
+        self._down: set[str] = set()
+
+    def down(self, dependency: str, error: BaseException) -> None:
+        if dependency not in self._down:
+            self._down.add(dependency)
+            self._logger.warning(
+                "%s: %s down (%s): %s",
+                self._checker,
+                dependency,
+                self._addresses.get(dependency, "address unknown"),
+                describe(error),
+            )
+
+    def up(self, dependency: str) -> None:
+        if dependency in self._down:
+            self._down.discard(dependency)
+            self._logger.info("%s: %s answers again", self._checker, dependency)
+
+
+def describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def address_of(url: str) -> str:
+    """Where a database URL points, for a log line: host, port and path, no credentials."""
+    parts = urlsplit(url)
+    # netloc without the credentials; the port as written (it may be malformed).
+    location = parts.netloc.rpartition("@")[2]
+    return f"{location}{parts.path}" or parts.scheme

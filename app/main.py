@@ -16,8 +16,8 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from app.admin.controller import AdminController
 from app.db import create_pool
 from app.errors import EXCEPTION_HANDLERS, validate_request_body
-from app.health import HealthController
-from app.logging import configure_logging
+from app.health import HealthController, ReadinessProbe
+from app.logging import address_of, configure_logging
 from app.markets.controller import MarketController
 from app.monitoring.metrics import FLOW, HTTP_METRICS, MetricsController
 from app.openapi import ADMIN_COMPONENTS, ExactStructSchemaPlugin
@@ -42,6 +42,12 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
         app.state.admin_token = settings.admin_token
         app.state.db_pool = await create_pool(settings)
         app.state.redis = connect_redis(settings.redis_url, "api", socket_timeout=2)
+        # Where each dependency is, for the log lines that say it is down (never an answer).
+        addresses = {
+            "postgres": address_of(settings.database_url),
+            "redis": address_of(settings.redis_url),
+        }
+        app.state.readiness_probe = ReadinessProbe(app.state.db_pool, app.state.redis, addresses)
         app.state.webhook_receiver = WebhookReceiver(
             secrets=settings.webhook_secrets,
             production=settings.is_production,
@@ -71,6 +77,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             "redis_client": Provide(_redis_client, sync_to_thread=False),
             "uow": Provide(_unit_of_work, sync_to_thread=False),
             "receiver": Provide(_webhook_receiver, sync_to_thread=False),
+            "readiness_probe": Provide(_readiness_probe, sync_to_thread=False),
             "polling": Provide(lambda: FLOW.polling_enabled, sync_to_thread=False),
         },
         before_request=validate_request_body,
@@ -105,3 +112,8 @@ def _unit_of_work(state: State) -> UnitOfWork:
 def _webhook_receiver(state: State) -> WebhookReceiver:
     receiver: WebhookReceiver = state.webhook_receiver
     return receiver
+
+
+def _readiness_probe(state: State) -> ReadinessProbe:
+    probe: ReadinessProbe = state.readiness_probe
+    return probe
