@@ -19,6 +19,7 @@ from app.errors import EXCEPTION_HANDLERS, validate_request_body
 from app.health import HealthController, ReadinessProbe
 from app.logging import address_of, configure_logging
 from app.markets.controller import MarketController
+from app.monitoring.flow import FlowMonitor
 from app.monitoring.metrics import FLOW, HTTP_METRICS, MetricsController
 from app.openapi import ADMIN_COMPONENTS, ExactStructSchemaPlugin
 from app.process import secrets_used_by
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
     @asynccontextmanager
     async def connections(app: Litestar) -> AsyncIterator[None]:
         app.state.admin_token = settings.admin_token
+        app.state.metrics_token = settings.metrics_token
         app.state.db_pool = await create_pool(settings)
         app.state.redis = connect_redis(settings.redis_url, "api", socket_timeout=2)
         # Where each dependency is, for the log lines that say it is down (never an answer).
@@ -48,6 +50,9 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             "redis": address_of(settings.redis_url),
         }
         app.state.readiness_probe = ReadinessProbe(app.state.db_pool, app.state.redis, addresses)
+        app.state.flow_monitor = FlowMonitor(
+            app.state.db_pool, app.state.redis, settings.metrics_refresh_interval_s, addresses
+        )
         app.state.webhook_receiver = WebhookReceiver(
             secrets=settings.webhook_secrets,
             production=settings.is_production,
@@ -78,6 +83,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             "uow": Provide(_unit_of_work, sync_to_thread=False),
             "receiver": Provide(_webhook_receiver, sync_to_thread=False),
             "readiness_probe": Provide(_readiness_probe, sync_to_thread=False),
+            "flow_monitor": Provide(_flow_monitor, sync_to_thread=False),
             "polling": Provide(lambda: FLOW.polling_enabled, sync_to_thread=False),
         },
         before_request=validate_request_body,
@@ -117,3 +123,8 @@ def _webhook_receiver(state: State) -> WebhookReceiver:
 def _readiness_probe(state: State) -> ReadinessProbe:
     probe: ReadinessProbe = state.readiness_probe
     return probe
+
+
+def _flow_monitor(state: State) -> FlowMonitor:
+    monitor: FlowMonitor = state.flow_monitor
+    return monitor

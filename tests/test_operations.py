@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,11 +12,14 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as redis
 
-from outbox import ENTITY_PERMISSIONS_DEAD
-from tests.conftest import service_env
+from outbox import ENTITY_PERMISSIONS_DEAD, MARKETS_EVENTS
+from tests.conftest import DATABASE_URL, TABLES, service_env
 from tests.support.flow import Flow, decision_event
+from tests.support.markets import REGISTER, seed_body
 from tests.support.outbox import seed_outbox, wait_until
+from tests.support.postgres_server import PostgresServer
 from tests.support.processes import ManagedProcess, start_api
 from tests.test_webhook import WEBHOOK, seed_event
 
@@ -59,7 +64,19 @@ async def test_metrics_move_through_register_approve_and_fail(flow: Flow) -> Non
             return bool(await flow.db.fetchval("SELECT count(*) FROM processed_events") == 2)
 
         await wait_until(both_recorded, 60, "both decisions processed")
-        after = await scrape(http)
+        after = ""
+
+        async def scraped_both() -> bool:
+            # The figures are a snapshot, refreshed at most every few seconds.
+            nonlocal after
+            after = await scrape(http)
+            return (
+                metric(after, "market_processed_events_recent", status="failed", window="1h") == 1
+                and metric(after, "market_stream_group_pending", stream="entity-permissions:events")
+                == 0
+            )
+
+        await wait_until(scraped_both, 60, "a snapshot with both decisions")
 
     assert metric(after, "market_processed_events_recent", status="success", window="1h") == 1
     assert metric(after, "market_processed_events_recent", status="failed", window="1h") == 1
@@ -289,3 +306,158 @@ async def test_retention_deletes_only_what_is_old(db: asyncpg.Connection, log_di
         "SELECT relname FROM pg_stat_user_tables WHERE last_vacuum > $1 ORDER BY relname", started
     )
     assert [r["relname"] for r in vacuumed] == ["idempotency_keys", "outbox", "processed_events"]
+
+
+# Issue item 6: /ready and /metrics.
+
+REFRESH_INTERVAL_S = 5
+
+
+async def snapshot_reads(db: asyncpg.Connection) -> int:
+    """Scans of poller_cursors, which only the metrics snapshot reads: one per refresh."""
+    scans = await db.fetchval(
+        "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables"
+        " WHERE relname = 'poller_cursors'"
+    )
+    return int(scans)
+
+
+async def only_session(db: asyncpg.Connection) -> bool:
+    """Whether `db` is the server's only client session: the others have ended, and a
+    session's statistics are all counted before it leaves pg_stat_activity."""
+    others = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    )
+    return bool(others == 0)
+
+
+async def redis_calls(client: redis.Redis, command: str) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_ready_and_metrics_a_scrape_flood_leaves_registrations_alone(
+    flow: Flow, own_postgres: PostgresServer
+) -> None:
+    """Hundreds of concurrent scrapes against a pool of two connections, while issuers
+    register: every registration succeeds, and PostgreSQL and Redis see one snapshot
+    read per refresh interval, not one per scrape."""
+    emptying = await asyncpg.connect(own_postgres.url)
+    await emptying.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    await emptying.close()
+    db = await asyncpg.connect(own_postgres.url)  # reads statistics only from here on
+    # PostgreSQL counts a session's scans for certain when the session ends: every count
+    # is taken once no other session is left.
+    await wait_until(lambda: only_session(db), 30, "the other sessions to end")
+    reads_before = await snapshot_reads(db)
+    env = flow.env(
+        DATABASE_URL=own_postgres.url,
+        DATABASE_POOL_MAX="2",
+        METRICS_REFRESH_INTERVAL_S=str(REFRESH_INTERVAL_S),
+    )
+    api, base_url = start_api(env, flow.log_dir, "api-scrape-flood")
+    flow.processes.append(api)
+    await flow.stream.config_resetstat()
+    # Fresh connections: none left idle for the server to close while reused.
+    limits = httpx.Limits(max_connections=500, max_keepalive_connections=0)
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
+            started = time.monotonic()
+            scrapes = [http.get("/metrics") for _ in range(300)]
+            registrations = [
+                http.post(REGISTER, json=seed_body(name=f"Flooded {n}")) for n in range(40)
+            ]
+            answers = await asyncio.gather(*scrapes, *registrations)
+            assert [a.status_code for a in answers[:300]] == [200] * 300
+            assert [a.status_code for a in answers[300:]] == [201] * 40
+
+            async def postgres_read() -> bool:
+                # Under the flood a refresh may give up on the busy pool; by now one reads.
+                text = await scrape(http)
+                return metric(text, "market_dependency_up", dependency="postgres") == 1
+
+            await wait_until(postgres_read, 60, "a snapshot that read PostgreSQL")
+            elapsed = time.monotonic() - started
+        assert await db.fetchval("SELECT count(*) FROM markets") == 40
+        exists_calls = await redis_calls(flow.stream, "exists")
+
+        api.stop()
+        await wait_until(lambda: only_session(db), 30, "the API's sessions to end")
+        reads = await snapshot_reads(db) - reads_before
+    finally:
+        await db.close()
+
+    most = int(elapsed // REFRESH_INTERVAL_S) + 1
+    assert 1 <= reads <= most, f"{reads} snapshot reads in {elapsed:.1f} s"
+    assert exists_calls <= 3 * most  # one EXISTS per stream per refresh
+
+
+async def test_ready_and_metrics_a_failed_refresh_serves_the_last_figures(
+    flow: Flow, db: asyncpg.Connection
+) -> None:
+    """processed_events locked (the snapshot's statements time out) and Redis stopped:
+    the figures already read are served, and market_dependency_up says what failed."""
+    await record(db, "success", 3)
+    await flow.stream.xadd(MARKETS_EVENTS, {"event_id": "e-1"})
+    api, base_url = start_api(
+        flow.env(METRICS_REFRESH_INTERVAL_S="1"), flow.log_dir, "api-failed-refresh"
+    )
+    flow.processes.append(api)
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+        first = await scrape(http)
+        assert metric(first, "market_dependency_up", dependency="postgres") == 1
+        assert metric(first, "market_processed_events", status="success") == 3
+        assert metric(first, "market_stream_length", stream=MARKETS_EVENTS) == 1
+
+        latest = first
+
+        async def reported(postgres: int, redis_up: int) -> bool:
+            nonlocal latest
+            latest = await scrape(http)
+            return (
+                metric(latest, "market_dependency_up", dependency="postgres") == postgres
+                and metric(latest, "market_dependency_up", dependency="redis") == redis_up
+            )
+
+        locker = await asyncpg.connect(DATABASE_URL)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE processed_events IN ACCESS EXCLUSIVE MODE")
+                flow.redis_server.stop()
+                await wait_until(lambda: reported(0, 0), 60, "both dependencies reported down")
+                assert metric(latest, "market_processed_events", status="success") == 3
+                assert metric(latest, "market_stream_length", stream=MARKETS_EVENTS) == 1
+        finally:
+            await locker.close()
+        flow.redis_server.start()
+        await wait_until(lambda: reported(1, 1), 60, "both dependencies reported up again")
+
+    log = api.log_text()
+    assert log.count("metrics snapshot: postgres down") == 1
+    assert "statement timeout" in log
+    assert log.count("metrics snapshot: redis down") == 1
+
+
+@pytest.fixture(scope="module")
+def metrics_token_api(log_dir: Path) -> Iterator[str]:
+    process, base_url = start_api(
+        service_env(METRICS_TOKEN=METRICS_TOKEN), log_dir, "api-metrics-token"
+    )
+    yield base_url
+    process.stop()
+
+
+METRICS_TOKEN = "a-metrics-token-of-at-least-32-characters"
+
+
+async def test_ready_and_metrics_token_guards_metrics_when_set(metrics_token_api: str) -> None:
+    async with httpx.AsyncClient(base_url=metrics_token_api) as http:
+        missing = await http.get("/metrics")
+        basic = await http.get("/metrics", headers={"Authorization": f"Basic {METRICS_TOKEN}"})
+        wrong = await http.get("/metrics", headers={"Authorization": "Bearer nope"})
+        right = await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+
+    assert (missing.status_code, basic.status_code, wrong.status_code) == (401, 401, 403)
+    assert right.status_code == 200
+    assert metric(right.text, "market_dependency_up", dependency="postgres") == 1

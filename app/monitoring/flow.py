@@ -1,28 +1,55 @@
-"""The state of the flow, read from PostgreSQL and Redis when asked (at each scrape).
+"""The state of the flow, read from PostgreSQL and Redis for /metrics.
 
 Relays, consumers and the poller expose no port of their own: what Prometheus needs
 of them is visible from here. The outbox backlog and the processed events are in
 PostgreSQL; stream lengths, group lag, pending entries and consumer idle times are in
 Redis; the relay and poller leaders are the sessions holding their advisory locks.
+
+Reading them costs full-table counts, so the figures are a snapshot refreshed at most
+every METRICS_REFRESH_INTERVAL_S, once for all concurrent scrapes, on at most one pooled
+connection that is given up after a time-out: a flood of scrapes cannot starve
+registrations and webhooks of connections. A store that cannot be read in time keeps
+its last figures and is reported down (`market_dependency_up`).
+
+To add a figure: a field on its store's figures, its query in that store's reader,
+its family in app.monitoring.metrics. To add a store: its figures, its reader, and
+one line in FlowMonitor.refresh.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, TypeVar
 
 import asyncpg
 import msgspec
 import redis.asyncio as redis
 
+from app.logging import DependencyLog
+from app.monitoring.single_flight import SharedRefresh
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
 from outbox.writer import Connection
+
+log = logging.getLogger(__name__)
 
 STREAMS: Final = (MARKETS_EVENTS, ENTITY_PERMISSIONS_EVENTS, ENTITY_PERMISSIONS_DEAD)
 LATENCY_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
 WINDOWS: Final = {"30m": "30 minutes", "1h": "1 hour", "24h": "24 hours"}
 RELAY_SESSIONS: Final = "market-backend:outbox-relay:"
 POLLER_SESSIONS: Final = "market-backend:epc-poller:"
+# A snapshot waits this long for a pooled connection, then keeps its last figures: while
+# the pool is busy, registrations and webhooks have it.
+POOL_ACQUIRE_TIMEOUT_S: Final = 1.0
+# Each statement of a snapshot, enforced by PostgreSQL (SET LOCAL), so that a slow count
+# or a lock wait ends on the server too, not only in this process.
+STATEMENT_TIMEOUT_MS: Final = 2000
+# The whole read of one store, connection and round trips included.
+READ_TIMEOUT_S: Final = 5.0
+
+F = TypeVar("F")
 
 
 class GroupState(msgspec.Struct, frozen=True):
@@ -40,9 +67,7 @@ class Leaders(msgspec.Struct, frozen=True):
     leader: str | None
 
 
-class Snapshot(msgspec.Struct, kw_only=True):
-    postgres_up: bool = False
-    redis_up: bool = False
+class PostgresFigures(msgspec.Struct, kw_only=True):
     outbox_backlog: int = 0
     outbox_oldest_age_s: float = 0.0
     processed: dict[tuple[str, str, str], int] = msgspec.field(default_factory=dict)
@@ -53,27 +78,84 @@ class Snapshot(msgspec.Struct, kw_only=True):
     poller_last_success: float | None = None
     relay: Leaders = Leaders(0, None)
     poller: Leaders = Leaders(0, None)
+
+
+class RedisFigures(msgspec.Struct, kw_only=True):
     stream_lengths: dict[str, int] = msgspec.field(default_factory=dict)
     groups: list[GroupState] = msgspec.field(default_factory=list)
 
 
-async def read_snapshot(pool: asyncpg.Pool, client: redis.Redis) -> Snapshot:
-    snapshot = Snapshot()
-    try:
-        async with pool.acquire() as connection:
-            await _read_postgres(connection, snapshot)
-        snapshot.postgres_up = True
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-        pass
-    try:
-        await _read_redis(client, snapshot)
-        snapshot.redis_up = True
-    except redis.RedisError:
-        pass
-    return snapshot
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Each store's figures as last read; `up` says whether the latest refresh read it
+    (when not, its figures are the previous ones), `read_at` when they were read."""
+
+    postgres: PostgresFigures = msgspec.field(default_factory=PostgresFigures)
+    redis: RedisFigures = msgspec.field(default_factory=RedisFigures)
+    up: dict[str, bool] = msgspec.field(default_factory=dict)
+    read_at: dict[str, float] = msgspec.field(default_factory=dict)  # Unix time
 
 
-async def _read_postgres(connection: Connection, snapshot: Snapshot) -> None:
+class FlowMonitor:
+    """The flow's snapshot, refreshed at most every `refresh_interval_s` (single-flight)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        client: redis.Redis,
+        refresh_interval_s: float,
+        addresses: Mapping[str, str],
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self._log = DependencyLog(log, "metrics snapshot", addresses)
+        self._snapshots = SharedRefresh(self.refresh, Snapshot(), refresh_interval_s)
+
+    async def snapshot(self) -> Snapshot:
+        return await self._snapshots.latest()
+
+    async def refresh(self) -> Snapshot:
+        """Read every store at once; one that fails keeps its last figures."""
+        last = self._snapshots.value
+        postgres, redis_figures = await asyncio.gather(
+            self._read("postgres", read_postgres(self._pool)),
+            self._read("redis", read_redis(self._client)),
+        )
+        up = {"postgres": postgres is not None, "redis": redis_figures is not None}
+        now = now_s()
+        return Snapshot(
+            postgres=last.postgres if postgres is None else postgres,
+            redis=last.redis if redis_figures is None else redis_figures,
+            up=up,
+            read_at={**last.read_at, **{name: now for name, ok in up.items() if ok}},
+        )
+
+    async def _read(self, dependency: str, reader: Awaitable[F]) -> F | None:
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                figures = await reader
+        # Whatever stops a read (refused, timed out, cancelled by the server, a reply not
+        # understood) is reported the same way: the store is down for this snapshot.
+        except Exception as error:
+            self._log.down(dependency, error)
+            return None
+        self._log.up(dependency)
+        return figures
+
+
+async def read_postgres(pool: asyncpg.Pool) -> PostgresFigures:
+    """One read-only transaction (one MVCC snapshot for every figure) with a statement
+    time-out, on a connection the pool must give within POOL_ACQUIRE_TIMEOUT_S."""
+    figures = PostgresFigures()
+    async with (
+        pool.acquire(timeout=POOL_ACQUIRE_TIMEOUT_S) as connection,
+        connection.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        await connection.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        await _query_postgres(connection, figures)
+    return figures
+
+
+async def _query_postgres(connection: Connection, figures: PostgresFigures) -> None:
     row = await connection.fetchrow(
         """
         SELECT count(*) AS backlog,
@@ -82,8 +164,8 @@ async def _read_postgres(connection: Connection, snapshot: Snapshot) -> None:
         """
     )
     assert row is not None
-    snapshot.outbox_backlog = row["backlog"]
-    snapshot.outbox_oldest_age_s = float(row["oldest"])
+    figures.outbox_backlog = row["backlog"]
+    figures.outbox_oldest_age_s = float(row["oldest"])
     for record in await connection.fetch(
         """
         SELECT processing_status, event_type, source, count(*) AS n
@@ -91,7 +173,7 @@ async def _read_postgres(connection: Connection, snapshot: Snapshot) -> None:
         """
     ):
         key = (record["processing_status"], record["event_type"], record["source"])
-        snapshot.processed[key] = record["n"]
+        figures.processed[key] = record["n"]
     for window, interval in WINDOWS.items():
         for record in await connection.fetch(
             """
@@ -100,7 +182,7 @@ async def _read_postgres(connection: Connection, snapshot: Snapshot) -> None:
             """,
             interval,
         ):
-            snapshot.recent[(record["processing_status"], window)] = record["n"]
+            figures.recent[(record["processing_status"], window)] = record["n"]
     latency = await connection.fetchrow(
         """
         WITH latencies AS (
@@ -115,15 +197,15 @@ async def _read_postgres(connection: Connection, snapshot: Snapshot) -> None:
         list(LATENCY_BUCKETS),
     )
     assert latency is not None
-    snapshot.latency_count = latency["n"]
-    snapshot.latency_sum_s = float(latency["total"])
-    snapshot.latency_buckets = list(latency["buckets"])
+    figures.latency_count = latency["n"]
+    figures.latency_sum_s = float(latency["total"])
+    figures.latency_buckets = list(latency["buckets"])
     updated = await connection.fetchval(
         "SELECT updated_at FROM poller_cursors WHERE source = 'entity_permissions_core'"
     )
-    snapshot.poller_last_success = updated.timestamp() if updated else None
-    snapshot.relay = await _leaders(connection, RELAY_SESSIONS)
-    snapshot.poller = await _leaders(connection, POLLER_SESSIONS)
+    figures.poller_last_success = updated.timestamp() if updated else None
+    figures.relay = await _leaders(connection, RELAY_SESSIONS)
+    figures.poller = await _leaders(connection, POLLER_SESSIONS)
 
 
 async def _leaders(connection: Connection, prefix: str) -> Leaders:
@@ -141,15 +223,16 @@ async def _leaders(connection: Connection, prefix: str) -> Leaders:
     return Leaders(len(rows), leader.removeprefix(prefix) if leader else None)
 
 
-async def _read_redis(client: redis.Redis, snapshot: Snapshot) -> None:
+async def read_redis(client: redis.Redis) -> RedisFigures:
+    figures = RedisFigures()
     for stream in STREAMS:
         if not await client.exists(stream):
             continue
-        snapshot.stream_lengths[stream] = int(await client.xlen(stream))
+        figures.stream_lengths[stream] = int(await client.xlen(stream))
         for group in await client.xinfo_groups(stream):
             name = _text(group["name"])
             consumers = await client.xinfo_consumers(stream, name)
-            snapshot.groups.append(
+            figures.groups.append(
                 GroupState(
                     stream=stream,
                     group=name,
@@ -158,6 +241,7 @@ async def _read_redis(client: redis.Redis, snapshot: Snapshot) -> None:
                     consumers_idle_s={_text(c["name"]): int(c["idle"]) / 1000 for c in consumers},
                 )
             )
+    return figures
 
 
 def _text(value: str | bytes) -> str:

@@ -2,39 +2,62 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
-import redis.asyncio as redis
 from litestar import Controller, Response, get
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.plugins.prometheus import PrometheusConfig
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app.monitoring.flow import LATENCY_BUCKETS, Snapshot, read_snapshot
+from app.monitoring.flow import LATENCY_BUCKETS, FlowMonitor, Snapshot
 
 PREFIX = "market"
 HTTP_METRICS = PrometheusConfig(app_name="market-backend", prefix=PREFIX, group_path=True)
 
 
 class FlowCollector(Collector):
-    """Yields the figures of the last snapshot; the /metrics handler refreshes it first."""
+    """Yields the figures of the snapshot the /metrics handler last obtained."""
 
     def __init__(self) -> None:
         self.snapshot = Snapshot()
         self.polling_enabled = False
 
     def collect(self) -> Iterator[Any]:
-        s = self.snapshot
-        up = GaugeMetricFamily(
-            f"{PREFIX}_dependency_up", "Answered this scrape", labels=["dependency"]
+        yield from self._dependencies(self.snapshot)
+        yield from self._postgres(self.snapshot)
+        yield from self._redis(self.snapshot)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_polling_enabled",
+            "PERMISSIONS_SERVICE_BASE_URL is set",
+            value=int(self.polling_enabled),
         )
-        up.add_metric(["postgres"], int(s.postgres_up))
-        up.add_metric(["redis"], int(s.redis_up))
-        yield up
+
+    def _dependencies(self, snapshot: Snapshot) -> Iterator[Any]:
+        up = GaugeMetricFamily(
+            f"{PREFIX}_dependency_up",
+            "Whether the latest snapshot could read it (when not, its figures are older)",
+            labels=["dependency"],
+        )
+        read_at = GaugeMetricFamily(
+            f"{PREFIX}_snapshot_timestamp_seconds",
+            "When the figures from this dependency were read",
+            labels=["dependency"],
+        )
+        for dependency, answered in snapshot.up.items():
+            up.add_metric([dependency], int(answered))
+        for dependency, timestamp in snapshot.read_at.items():
+            read_at.add_metric([dependency], timestamp)
+        yield from (up, read_at)
+
+    def _postgres(self, snapshot: Snapshot) -> Iterator[Any]:
+        s = snapshot.postgres
         yield GaugeMetricFamily(
             f"{PREFIX}_outbox_backlog",
             "Outbox rows not yet on their stream",
@@ -45,32 +68,6 @@ class FlowCollector(Collector):
             "Age of the oldest outbox row not yet on its stream (0 when none)",
             value=s.outbox_oldest_age_s,
         )
-        length = GaugeMetricFamily(
-            f"{PREFIX}_stream_length", "Entries in a stream", labels=["stream"]
-        )
-        lag = GaugeMetricFamily(
-            f"{PREFIX}_stream_group_lag",
-            "Entries a group has not read yet",
-            labels=["stream", "group"],
-        )
-        pending = GaugeMetricFamily(
-            f"{PREFIX}_stream_group_pending",
-            "Entries delivered to a group and not acknowledged",
-            labels=["stream", "group"],
-        )
-        idle = GaugeMetricFamily(
-            f"{PREFIX}_stream_consumer_idle_seconds",
-            "Since a consumer last read (its liveness)",
-            labels=["stream", "group", "consumer"],
-        )
-        for stream, entries in s.stream_lengths.items():
-            length.add_metric([stream], entries)
-        for group in s.groups:
-            lag.add_metric([group.stream, group.group], group.lag)
-            pending.add_metric([group.stream, group.group], group.pending)
-            for consumer, seconds in group.consumers_idle_s.items():
-                idle.add_metric([group.stream, group.group, consumer], seconds)
-        yield from (length, lag, pending, idle)
         processed = GaugeMetricFamily(
             f"{PREFIX}_processed_events",
             "processed_events rows (within retention)",
@@ -104,11 +101,6 @@ class FlowCollector(Collector):
                 "When the poller last read Entity Permissions Core's feed",
                 value=s.poller_last_success,
             )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_polling_enabled",
-            "PERMISSIONS_SERVICE_BASE_URL is set",
-            value=int(self.polling_enabled),
-        )
         for kind, leaders in (("relay", s.relay), ("poller", s.poller)):
             yield GaugeMetricFamily(
                 f"{PREFIX}_{kind}_processes",
@@ -124,19 +116,62 @@ class FlowCollector(Collector):
                 leader.add_metric([leaders.leader], 1)
             yield leader
 
+    def _redis(self, snapshot: Snapshot) -> Iterator[Any]:
+        s = snapshot.redis
+        length = GaugeMetricFamily(
+            f"{PREFIX}_stream_length", "Entries in a stream", labels=["stream"]
+        )
+        lag = GaugeMetricFamily(
+            f"{PREFIX}_stream_group_lag",
+            "Entries a group has not read yet",
+            labels=["stream", "group"],
+        )
+        pending = GaugeMetricFamily(
+            f"{PREFIX}_stream_group_pending",
+            "Entries delivered to a group and not acknowledged",
+            labels=["stream", "group"],
+        )
+        idle = GaugeMetricFamily(
+            f"{PREFIX}_stream_consumer_idle_seconds",
+            "Since a consumer last read (its liveness)",
+            labels=["stream", "group", "consumer"],
+        )
+        for stream, entries in s.stream_lengths.items():
+            length.add_metric([stream], entries)
+        for group in s.groups:
+            lag.add_metric([group.stream, group.group], group.lag)
+            pending.add_metric([group.stream, group.group], group.pending)
+            for consumer, seconds in group.consumers_idle_s.items():
+                idle.add_metric([group.stream, group.group, consumer], seconds)
+        yield from (length, lag, pending, idle)
+
 
 FLOW = FlowCollector()
 REGISTRY.register(FLOW)
+
+
+def require_metrics_token(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """With METRICS_TOKEN set, scrapes must present it (constant-time comparison); checked
+    before any figure is read, so refused scrapes cost no query."""
+    expected: str | None = connection.app.state.metrics_token
+    if not expected:
+        return
+    scheme, _space, offered = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not offered:
+        raise NotAuthorizedException("Authorization: Bearer <METRICS_TOKEN> required")
+    if not hmac.compare_digest(offered.encode(), expected.encode()):
+        raise PermissionDeniedException("wrong metrics token")
 
 
 class MetricsController(Controller):
     path = "/metrics"
     tags = ["monitoring"]
     include_in_schema = False
+    guards = [require_metrics_token]
 
     @get(summary="Prometheus metrics")
-    async def metrics(
-        self, db_pool: NamedDependency[asyncpg.Pool], redis_client: NamedDependency[redis.Redis]
-    ) -> Response[bytes]:
-        FLOW.snapshot = await read_snapshot(db_pool, redis_client)
+    async def metrics(self, flow_monitor: NamedDependency[FlowMonitor]) -> Response[bytes]:
+        FLOW.snapshot = await flow_monitor.snapshot()
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
