@@ -32,6 +32,22 @@ RETRYABLE_ERRORS: Final[tuple[type[Exception], ...]] = (
     asyncpg.PostgresError,
 )
 
+# Every session asks the server to notice a client that vanished (a host cut off sends no
+# FIN or RST): keepalive probes after 2 s of silence, 3 probes 1 s apart, and at most 5 s
+# for data the client never acknowledges. Without them the server keeps a dead client's
+# session, with its locks (a leader's advisory lock, a consumer's row locks), until TCP
+# gives up after about 15 minutes, or 2 hours when the session is idle.
+DEAD_CLIENT_SETTINGS: Final = {
+    "tcp_keepalives_idle": "2",
+    "tcp_keepalives_interval": "1",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "5000",
+}
+# A pooled transaction idle this long belongs to a process that stopped (paused, hung):
+# the server ends it and releases its locks. Ours go idle for milliseconds between
+# statements, and for a Redis call of at most a few seconds in the relay.
+IDLE_IN_TRANSACTION_TIMEOUT: Final = "30s"
+
 T = TypeVar("T")
 
 _encode_json = msgspec.json.Encoder().encode
@@ -67,7 +83,16 @@ async def _reset_on_release(connection: asyncpg.Connection) -> None:
         await connection.execute("ROLLBACK")
 
 
-async def create_pool(settings: Settings, *, max_size: int | None = None) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings, *, max_size: int | None = None, application_name: str | None = None
+) -> asyncpg.Pool:
+    """The process's pool; `application_name` names its sessions in pg_stat_activity."""
+    server_settings = {
+        **DEAD_CLIENT_SETTINGS,
+        "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT,
+    }
+    if application_name:
+        server_settings["application_name"] = application_name
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.database_pool_min,
@@ -75,6 +100,7 @@ async def create_pool(settings: Settings, *, max_size: int | None = None) -> asy
         init=init_connection,
         reset=_reset_on_release,
         command_timeout=30,
+        server_settings=server_settings,
     )
     assert pool is not None
     return pool

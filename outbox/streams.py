@@ -5,3 +5,8 @@ from typing import Final
 MARKETS_EVENTS: Final = "markets:events"
 ENTITY_PERMISSIONS_EVENTS: Final = "entity-permissions:events"
 ENTITY_PERMISSIONS_DEAD: Final = "entity-permissions:events:dead"
+
+# Read only by this service's own consumer groups: trimmed only below what every group
+# has acknowledged, so that a consumer outage costs memory, never a decision. Other
+# streams have readers outside the service and are trimmed to their length.
+STREAMS_OF_OUR_GROUPS: Final = frozenset({ENTITY_PERMISSIONS_EVENTS})

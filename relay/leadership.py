@@ -1,8 +1,14 @@
 """One active process of a kind, across machines: a PostgreSQL advisory lock.
 
 The lock belongs to a session, so it is released the moment the holder's connection
-ends: on a clean exit, and also when the process is killed (-9) or its host vanishes
-and the server notices. A standby polls for it and takes over.
+ends: on a clean exit, when the process is killed (-9), and when its host vanishes,
+which the server notices within seconds because the session asks for TCP keepalives
+(app/db.py DEAD_CLIENT_SETTINGS). A standby polls for it and takes over.
+
+A lock is not a fence: a leader that pauses (a stopped process, a long stall) can wake
+after its session ended and a standby took over, still holding work it started. Where
+that matters, each leadership draws a term from a PostgreSQL sequence, increasing with
+every new leader, for the shared resource to refuse the older terms.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Callable
 import asyncpg
 
 from app.backoff import Backoff, sleep_unless
-from app.db import RETRYABLE_ERRORS, UNAVAILABLE_ERRORS
+from app.db import DEAD_CLIENT_SETTINGS, RETRYABLE_ERRORS, UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +37,19 @@ class Leadership:
     """Hold `name`'s advisory lock on a connection of its own, which also LISTENs."""
 
     def __init__(
-        self, database_url: str, name: str, *, poll_s: float = 0.5, heartbeat_s: float = 1.0
+        self,
+        database_url: str,
+        name: str,
+        *,
+        term_sequence: str | None = None,
+        poll_s: float = 0.5,
+        heartbeat_s: float = 1.0,
     ) -> None:
+        """`term_sequence`: a sequence to draw each leadership's term from (see `term`)."""
         self._database_url = database_url
         self.name = name
+        self._term_sequence = term_sequence
+        self.term = 0  # this leadership's term, when a term_sequence is given
         self._key = lock_key(name)
         self._poll_s = poll_s
         self._heartbeat_s = heartbeat_s
@@ -53,10 +68,15 @@ class Leadership:
                     self.connection = await asyncpg.connect(
                         self._database_url,
                         timeout=5,
-                        # Seen by the API's /metrics: who runs, and who leads.
-                        server_settings={"application_name": self.session_name},
+                        server_settings={
+                            **DEAD_CLIENT_SETTINGS,
+                            # Seen by the API's /metrics: who runs, and who leads.
+                            "application_name": self.session_name,
+                        },
                     )
                 if await self.connection.fetchval("SELECT pg_try_advisory_lock($1)", self._key):
+                    if self._term_sequence:
+                        self.term = await self._draw_term()
                     backoff.succeeded()
                     self.lost.clear()
                     self._heartbeat = asyncio.create_task(self._watch(), name=f"{self.name}-lock")
@@ -70,6 +90,22 @@ class Leadership:
                 await self._drop_connection()
                 await backoff.wait_after(error, stop)
         return False
+
+    async def newest_term(self) -> int:
+        """The highest term any leader has drawn: above ours, another process leads now."""
+        assert self.connection is not None and self._term_sequence
+        value = await self.connection.fetchval(
+            """
+            SELECT last_value FROM pg_sequences
+            WHERE schemaname = current_schema() AND sequencename = $1
+            """,
+            self._term_sequence,
+        )
+        return int(value or 0)
+
+    async def _draw_term(self) -> int:
+        assert self.connection is not None and self._term_sequence
+        return int(await self.connection.fetchval("SELECT nextval($1)", self._term_sequence))
 
     async def listen(self, channel: str, on_notify: Callable[[], None]) -> None:
         """Call `on_notify` for each NOTIFY on `channel`, on the lock's own session."""

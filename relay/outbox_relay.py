@@ -10,6 +10,12 @@ never loses one.
 Batches overlap by one: while batch N is marked and committed, batch N+1 (rows N's
 locks made it skip) is read and appended. XADDs stay in id order; if N's commit fails,
 N is appended again later, after N+1, so each event's first appearance keeps order.
+
+Taking the lead is fenced: the new leader draws a term (a PostgreSQL sequence), claims
+it in Redis so that the append script refuses every lower term, then ends the batch
+sessions of earlier leaders (their row locks would otherwise make it skip their rows
+and publish newer ones first). A leader that paused past the end of its lock wakes up
+to a refused append and steps down: two relays never append at once.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -31,15 +40,23 @@ from app.db import RETRYABLE_ERRORS, create_pool
 from app.process import stop_on_signals
 from app.redis_client import connect_redis
 from app.settings import Settings
-from outbox import NOTIFY_CHANNEL
+from outbox import ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS, NOTIFY_CHANNEL
 from outbox.writer import Connection
 from relay.leadership import Leadership
-from relay.publisher import RedisLostData, StreamPublisher
+from relay.publisher import GroupLoss, RedisLostData, RelayFenced, StreamPublisher
 from relay.retention import apply_retention
 
 log = logging.getLogger("relay.outbox")
 
 LOCK_NAME: Final = "market-backend:outbox-relay"
+TERM_SEQUENCE: Final = "outbox_relay_terms"
+# The relay's pooled sessions (its batch transactions) are named with this prefix, so
+# that a new leader can end those of an earlier one.
+BATCH_SESSIONS: Final = "market-backend:outbox-relay-batch:"
+STREAMS: Final = (MARKETS_EVENTS, ENTITY_PERMISSIONS_EVENTS)  # trimmed even before a write
+# Approximate trimming leaves a stream up to a few of Redis's nodes (100 entries each)
+# over its length: only beyond this is a stream held back by a group.
+HELD_BACK_SLACK: Final = 1000
 REDIS_CHECK_EVERY_S: Final = 1.0
 RETENTION_EVERY_S: Final = 60.0
 SUMMARY_EVERY_S: Final = 10.0
@@ -64,6 +81,16 @@ WHERE id = ANY($1::bigint[])
 RECORD_FAILURE_SQL = """
 UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])
 """
+END_EARLIER_BATCHES_SQL = """
+SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name LIKE $1 || '%'
+  AND application_name <> $2
+"""
+
+
+def batch_session_name() -> str:
+    """This process's batch sessions' application_name; unique even if cut to 63 bytes."""
+    return f"{BATCH_SESSIONS}{os.getpid()}:{uuid.uuid4().hex[:8]}:{socket.gethostname()}"[:63]
 
 
 async def mark_for_republish(
@@ -95,15 +122,22 @@ class OutboxRelay:
         pool: asyncpg.Pool,
         publisher: StreamPublisher,
         stop: asyncio.Event,
+        session_name: str,
     ) -> None:
+        """`session_name`: the application_name of `pool`'s sessions (batch_session_name)."""
         self._settings = settings
         self._pool = pool
+        self._session_name = session_name
+        self._leadership: Leadership | None = None
+        self._term = 0
+        self._claimed = False
         self._publisher = publisher
         self._stop = stop
         self._wake = asyncio.Event()
         self._postgres = Backoff("PostgreSQL", log)
         self._redis = Backoff("Redis", log)
         self._streams_written: set[str] = set()
+        self._held_back: set[str] = set()
         self._run_id: str | None = None
         self._next_redis_check = 0.0
         self._next_retention = 0.0
@@ -116,12 +150,21 @@ class OutboxRelay:
         return timedelta(hours=self._settings.outbox_retention_hours)
 
     async def lead(self, leadership: Leadership) -> None:
-        """Publish until told to stop or the lock's session is lost."""
+        """Publish until told to stop or the lock's session is lost.
+
+        Raises RelayFenced when a relay of a higher term has taken over meanwhile.
+        """
         await leadership.listen(NOTIFY_CHANNEL, self._wake.set)
+        self._leadership = leadership
+        self._term = leadership.term
+        self._claimed = False
         self._streams_written.clear()
         self._run_id = None
         while not self._stopping(leadership):
             self._wake.clear()
+            if not self._claimed:
+                await self._take_over()
+                continue
             published = await self.drain_batch()
             await self._maintain()
             if published < self._settings.outbox_batch_size:
@@ -129,6 +172,25 @@ class OutboxRelay:
                 await self._wait_for_work(leadership)
         await self._settle_commit()
         self._log_summary(force=True)
+
+    async def _take_over(self) -> None:
+        """Claim this term in Redis, then end earlier leaders' batches; back off on failure."""
+        try:
+            await self._publisher.claim(self._term)
+            async with self._pool.acquire() as connection:
+                ended = await connection.fetchval(
+                    END_EARLIER_BATCHES_SQL, BATCH_SESSIONS, self._session_name
+                )
+        except STORE_ERRORS as error:
+            backoff = self._redis if isinstance(error, redis.RedisError) else self._postgres
+            await backoff.wait_after(error, self._stop)
+            return
+        self._claimed = True
+        if ended:
+            log.warning(
+                "ended %d batch sessions of an earlier leader; their rows go out again", ended
+            )
+        log.info("term %d claimed", self._term, extra={"term": self._term})
 
     async def drain_batch(self) -> int:
         """Lock and append one batch, leaving its commit to run beside the next batch.
@@ -147,7 +209,7 @@ class OutboxRelay:
             rows = await connection.fetch(SELECT_BATCH_SQL, self._settings.outbox_batch_size)
             if rows:
                 ids = [row["id"] for row in rows]
-                await self._publisher.append(rows)
+                await self._publisher.append(rows, self._term)
         except BaseException as error:
             await self._abandon(connection, transaction)
             await self._settle_commit()
@@ -194,11 +256,13 @@ class OutboxRelay:
     async def _abandon(self, connection: PoolConnectionProxy, transaction: Transaction) -> None:
         with contextlib.suppress(*RETRYABLE_ERRORS):
             await transaction.rollback()
-        await self._pool.release(connection)
+        # A connection that broke mid-query is already back in the pool.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            await self._pool.release(connection)
 
     async def _after_failure(self, error: BaseException, ids: list[int]) -> int:
         if isinstance(error, RedisLostData):
-            await self._refill("the relay's marker is missing")
+            await self._refill(str(error).removeprefix("NOMARKER "))
             return self._settings.outbox_batch_size  # go again at once
         if isinstance(error, redis.RedisError):
             await self._record_failure(ids, error)
@@ -217,12 +281,19 @@ class OutboxRelay:
             await self._pool.execute(RECORD_FAILURE_SQL, ids, repr(error)[:1000])
 
     async def _refill(self, reason: str, stream: str | None = None) -> None:
-        """Redis lost what the relay published: publish the retention window again."""
+        """Redis lost what the relay published: publish the retention window again.
+
+        The batch whose commit is in flight is settled first: marked published after the
+        refill's UPDATE, it would be missing from the refilled Redis.
+        """
+        await self._settle_commit()
         try:
+            if self._leadership and await self._leadership.newest_term() > self._term:
+                raise RelayFenced(f"a relay of a term above {self._term} has taken over")
             since = datetime.now(UTC) - self.retention
             async with self._pool.acquire() as connection:
                 count = await mark_for_republish(connection, since, stream)
-            self._run_id = await self._publisher.set_marker()
+            self._run_id = await self._publisher.set_marker(self._term)
         except STORE_ERRORS as error:
             log.warning("could not start the refill yet (%r); will retry", error)
             await self._redis.wait_after(error, self._stop)
@@ -245,13 +316,14 @@ class OutboxRelay:
         now = time.monotonic()
         if now >= self._next_redis_check:
             self._next_redis_check = now + REDIS_CHECK_EVERY_S
-            await self._check_redis()
+            await self.check_redis()
+            await self._trim_streams()
         if now >= self._next_retention:
             self._next_retention = now + RETENTION_EVERY_S
             await self._apply_retention()
         self._log_summary()
 
-    async def _check_redis(self) -> None:
+    async def check_redis(self) -> None:
         """Notice a restart and streams that vanished between batches.
 
         A restart loses whatever the server had not persisted, even when it comes back
@@ -274,6 +346,33 @@ class OutboxRelay:
         for stream in missing:
             self._streams_written.discard(stream)
             await self._refill(f"stream {stream} is gone", stream)
+
+    async def _trim_streams(self) -> None:
+        """Trim each stream towards its length; log what a group lost unread, with ids."""
+        for stream in sorted({*STREAMS, *self._streams_written}):
+            try:
+                trimmed = await self._publisher.trim(stream)
+            except redis.RedisError:
+                return  # the next batch reports it
+            for loss in trimmed.losses:
+                _log_loss(stream, loss, trimmed.first_id)
+            self._note_held_back(stream, trimmed.length)
+
+    def _note_held_back(self, stream: str, length: int) -> None:
+        """Once per change: a stream over its length because a group has not acknowledged."""
+        over = length > self._settings.maxlen_of(stream) + HELD_BACK_SLACK
+        if over and stream not in self._held_back:
+            log.warning(
+                "%s holds %d entries, over its length of %d: a consumer group has not "
+                "acknowledged them (trimmed once it has)",
+                stream,
+                length,
+                self._settings.maxlen_of(stream),
+            )
+            self._held_back.add(stream)
+        elif not over and stream in self._held_back:
+            log.info("%s is back within its length", stream)
+            self._held_back.discard(stream)
 
     async def _apply_retention(self) -> None:
         try:
@@ -315,18 +414,44 @@ class OutboxRelay:
                 waiter.cancel()
 
 
+def _log_loss(stream: str, loss: GroupLoss, first_left: str) -> None:
+    since = _entry_time(loss.last_delivered_id)
+    log.error(
+        "trimmed %d entries of %s that group %s had not read: ids after %s, before %s; "
+        "they are in the outbox: make replay SINCE=%s STREAM=%s",
+        loss.entries,
+        stream,
+        loss.group,
+        loss.last_delivered_id,
+        first_left or "the end",
+        since,
+        stream,
+        extra={"stream": stream, "group": loss.group, "lost": loss.entries},
+    )
+
+
+def _entry_time(entry_id: str) -> str:
+    """The time a stream entry id was made, as `make replay SINCE=` takes it."""
+    milliseconds = int(entry_id.split("-", 1)[0])
+    return datetime.fromtimestamp(milliseconds / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 async def run(settings: Settings) -> None:
     """`make relay`: lead when the lock is free, stand by otherwise, until SIGTERM/SIGINT."""
     stop = stop_on_signals()
-    leadership = Leadership(settings.database_url, LOCK_NAME)
-    pool = await create_pool(settings, max_size=3)
+    leadership = Leadership(settings.database_url, LOCK_NAME, term_sequence=TERM_SEQUENCE)
+    session_name = batch_session_name()
+    pool = await create_pool(settings, max_size=3, application_name=session_name)
     client = connect_redis(settings.redis_url, "outbox-relay")
-    relay = OutboxRelay(settings, pool, StreamPublisher(client, settings.maxlen_of), stop)
+    publisher = StreamPublisher(client, settings.maxlen_of)
+    relay = OutboxRelay(settings, pool, publisher, stop, session_name)
     try:
         while await leadership.acquire(stop):
-            log.info("leading: publishing the outbox to Redis")
+            log.info("leading: publishing the outbox to Redis (term %d)", leadership.term)
             try:
                 await relay.lead(leadership)
+            except RelayFenced as fenced:
+                log.warning("fenced off: %s; stepping down", fenced)
             finally:
                 await leadership.release()
             if not stop.is_set():

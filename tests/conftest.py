@@ -130,4 +130,4 @@ async def flow(db: asyncpg.Connection, log_dir: Path) -> AsyncIterator[Flow]:
         for process in harness.processes:
             process.kill()
         await client.aclose()
-        server.stop()
+        server.destroy()

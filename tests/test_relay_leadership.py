@@ -1,0 +1,176 @@
+"""The relay's hand-overs under stress: a refill while a commit is in flight, a Redis
+restored from an older snapshot under load, and a leader that pauses past its lock.
+
+Each checks the outcome that matters: every outbox row on its stream, and each
+market's events in commit order (first appearances; duplicates are allowed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from tests.support.flow import Flow
+from tests.support.outbox import seed_outbox, unpublished, wait_until
+from tests.support.processes import ManagedProcess
+
+STREAM = "markets:events"
+LOCK_SESSIONS = "market-backend:outbox-relay:"
+BATCH_SESSIONS = "market-backend:outbox-relay-batch:"
+
+
+@contextlib.asynccontextmanager
+async def slow_marking(db: asyncpg.Connection, seconds: float) -> AsyncIterator[None]:
+    """Every UPDATE of published_at takes `seconds` more: the relay's commits stay in
+    flight long enough for a test to act while one is."""
+    await db.execute(
+        f"""
+        CREATE FUNCTION slow_marking() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$;
+        CREATE TRIGGER slow_marking AFTER UPDATE OF published_at ON outbox
+        FOR EACH STATEMENT EXECUTE FUNCTION slow_marking();
+        """
+    )
+    try:
+        yield
+    finally:
+        await db.execute(
+            "DROP TRIGGER IF EXISTS slow_marking ON outbox; DROP FUNCTION IF EXISTS slow_marking()"
+        )
+
+
+async def marking_in_flight(db: asyncpg.Connection) -> bool:
+    """A relay batch session is marking rows published (and sleeping in the trigger)."""
+    return bool(
+        await db.fetchval(
+            """
+            SELECT count(*) FROM pg_stat_activity
+            WHERE application_name LIKE $1 || '%' AND wait_event = 'PgSleep'
+            """,
+            BATCH_SESSIONS,
+        )
+    )
+
+
+async def test_refill_race_a_commit_in_flight_is_settled_before_the_refill(flow: Flow) -> None:
+    await seed_outbox(flow.db, 40, markets=4)
+    async with slow_marking(flow.db, 1.0):
+        relay = flow.launch_relay(OUTBOX_BATCH_SIZE="4")
+        relay.wait_for_log("relay marker set")  # its first refill (slow too) is over
+        await wait_until(lambda: marking_in_flight(flow.db), 30, "a batch's commit in flight")
+        # Redis loses everything while the batch just appended waits for its commit.
+        await flow.stream.flushall()
+        relay.wait_for_log("Redis lost its data")
+        await flow.all_published(within=120)
+
+    await flow.check()  # the batch in flight went out again with the refill
+
+
+async def write_steadily(db: asyncpg.Connection, stop: asyncio.Event) -> None:
+    """20 rows every 10 ms over 10 markets, each transaction with its NOTIFY."""
+    while not stop.is_set():
+        await seed_outbox(db, 20, markets=10)
+        await db.execute("NOTIFY outbox")
+        await asyncio.sleep(0.01)
+
+
+async def test_refill_race_a_redis_restored_from_an_older_snapshot_under_load_keeps_order(
+    flow: Flow,
+) -> None:
+    relay = flow.launch_relay()
+    relay.wait_for_log("leading")
+    stop = asyncio.Event()
+    writer = asyncio.create_task(write_steadily(flow.db, stop))
+    try:
+        await asyncio.sleep(1)
+        flow.redis_server.snapshot()
+        await asyncio.sleep(1)  # entries the restored server will not have
+        flow.redis_server.restart_from_snapshot()
+        await asyncio.sleep(1)
+    finally:
+        stop.set()
+        await writer
+
+    relay.wait_for_log("Redis restarted (run_id")
+    await flow.all_published()
+    # The rows the old snapshot lacks went out again before anything newer.
+    await flow.check()
+
+
+async def batch_sessions(db: asyncpg.Connection, relay: ManagedProcess, condition: str) -> int:
+    """How many of `relay`'s batch sessions meet `condition` (on pg_stat_activity)."""
+    count: int = await db.fetchval(
+        f"""
+        SELECT count(*) FROM pg_stat_activity
+        WHERE application_name LIKE $1 || $2::text || ':%' AND {condition}
+        """,
+        BATCH_SESSIONS,
+        str(relay.process.pid),
+    )
+    return count
+
+
+async def end_lock_session(db: asyncpg.Connection, relay: ManagedProcess) -> None:
+    """What a network blip or a server-side time-out does to the leader's lock session."""
+    ended = await db.fetchval(
+        """
+        SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+        WHERE application_name = $1
+        """,
+        f"{LOCK_SESSIONS}{socket.gethostname()}:{relay.process.pid}"[:63],
+    )
+    assert ended == 1
+
+
+async def test_two_leaders_for_a_moment_the_paused_leaders_late_append_is_refused(
+    flow: Flow,
+) -> None:
+    await seed_outbox(flow.db, 100_000, markets=500)
+    await flow.db.execute("ANALYZE outbox")
+    leader = flow.launch_relay("relay-a", OUTBOX_BATCH_SIZE="100")
+    leader.wait_for_log("leading")
+    standby = flow.launch_relay("relay-b", OUTBOX_BATCH_SIZE="100")
+    standby.wait_for_log("waiting as standby")
+    await published_more(flow.db, than=100_000)
+
+    # Catch the leader between reading a batch and appending it: hold its next read
+    # behind a table lock, pause it, let the read complete (the rows are in its socket),
+    # and only then end its lock session.
+    async with flow.db.transaction():
+        await flow.db.execute("LOCK TABLE outbox IN EXCLUSIVE MODE")
+        await wait_until(
+            lambda: batch_sessions(flow.db, leader, "wait_event_type = 'Lock'"),
+            30,
+            "the leader's next batch to wait for the table",
+        )
+        os.kill(leader.process.pid, signal.SIGSTOP)
+    await wait_until(
+        lambda: batch_sessions(
+            flow.db, leader, "state = 'idle in transaction' AND query LIKE '%SKIP LOCKED%'"
+        ),
+        30,
+        "the paused leader's batch read to complete",
+    )
+    await end_lock_session(flow.db, leader)
+    standby.wait_for_log("ended", timeout=30)  # the paused leader's batch rolled back
+    await published_more(flow.db, than=await unpublished(flow.db))
+
+    resumed = len(leader.log_text())
+    os.kill(leader.process.pid, signal.SIGCONT)
+    leader.wait_for_log("fenced off: FENCED", after=resumed, timeout=30)
+
+    await flow.all_published(within=180)
+    await flow.check()  # per-market order intact: the late append never landed
+
+
+async def published_more(db: asyncpg.Connection, than: int) -> None:
+    async def fewer_left() -> bool:
+        return await unpublished(db) < than
+
+    await wait_until(fewer_left, 30, "the leader to publish")
