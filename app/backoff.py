@@ -26,7 +26,12 @@ class Backoff:
 
     def failed(self, error: BaseException) -> float:
         if self.failures == 0:
-            self._log.warning("%s unavailable, retrying with back-off: %r", self.name, error)
+            self._log.warning(
+                "%s unavailable, retrying with back-off: %s: %s",
+                self.name,
+                type(error).__name__,
+                error,
+            )
         self.failures += 1
         ceiling: float = min(self._cap_s, self._base_s * 2.0 ** min(self.failures, 16))
         # Half fixed, half random: retries from many processes spread out without

@@ -123,8 +123,19 @@ def start_local_postgres(url: str) -> None:
     start_postgres(PG_DIR, parts.port or 5432, parts.username or "postgres")
 
 
-def start_postgres(home: Path, port: int, superuser: str = "postgres") -> None:
-    """A throw-away cluster in `home` (created on first use) serving 127.0.0.1:`port`."""
+def start_postgres(
+    home: Path,
+    port: int,
+    superuser: str = "postgres",
+    *,
+    listen: str = "127.0.0.1",
+    trusted_networks: tuple[str, ...] = (),
+) -> None:
+    """A throw-away cluster in `home` (created on first use) serving `listen`:`port`.
+
+    `listen`: addresses, comma separated; `trusted_networks`: CIDRs besides loopback whose
+    clients may connect (tests that put a process on a network of its own).
+    """
     bin_dir = _pg_binaries()
     data = home / "data"
     home.mkdir(parents=True, exist_ok=True)
@@ -138,12 +149,14 @@ def start_postgres(home: Path, port: int, superuser: str = "postgres") -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.writelines(f"host all all {network} trust\n" for network in trusted_networks)
     # Throw-away data: durability settings traded for speed.
     options = (
-        f"-p {port} -c listen_addresses=127.0.0.1 -k {home} -c fsync=off "
+        f"-p {port} -c listen_addresses={listen} -k {home} -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     )
-    say(f"starting PostgreSQL on 127.0.0.1:{port} from {bin_dir}")
+    say(f"starting PostgreSQL on {listen}:{port} from {bin_dir}")
     pg_ctl = [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(home / "server.log")]
     subprocess.run(
         _as_server_user([*pg_ctl, "-o", options, "-w", "start"]),

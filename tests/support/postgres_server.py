@@ -12,15 +12,24 @@ from tests.support.processes import free_port
 
 
 class PostgresServer:
-    def __init__(self, database: str = "marketdb_test") -> None:
+    def __init__(
+        self,
+        database: str = "marketdb_test",
+        *,
+        listen: str = "127.0.0.1",
+        trusted_networks: tuple[str, ...] = (),
+    ) -> None:
+        """`listen` and `trusted_networks`: see scripts.services.start_postgres."""
         self.home = Path(tempfile.mkdtemp(prefix="market-postgres-"))
+        self._listen = listen
+        self._trusted = trusted_networks
         os.chmod(self.home, 0o755)  # the server may run as the `postgres` user
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
         self._database = database
 
     async def start(self) -> None:
-        start_postgres(self.home, self.port)
+        start_postgres(self.home, self.port, listen=self._listen, trusted_networks=self._trusted)
         await ensure_databases(self.url, [self._database])
 
     def stop(self) -> None:

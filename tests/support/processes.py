@@ -25,12 +25,20 @@ def free_port() -> int:
 class ManagedProcess:
     """A child process whose output goes to a log file, shown when something goes wrong."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        wrapper: tuple[str, ...] = (),
+    ) -> None:
+        """`wrapper`: a command the Python process runs under (`ip netns exec <ns>`)."""
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, *args],
+            [*wrapper, sys.executable, *args],
             cwd=ROOT,
             env={**os.environ, **env},
             stdout=self._log,

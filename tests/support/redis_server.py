@@ -29,7 +29,10 @@ class RedisServer:
         # No automatic persistence: a restart loses everything, as on the machines we
         # deploy to, unless the test took a snapshot with SAVE (see snapshot()).
         args = ephemeral_redis_args(self.port)
-        args[args.index("--bind") + 1] = self._bind
+        if self._bind != "127.0.0.1":
+            # Clients beyond loopback (a test's isolated host): no password on a test server.
+            args[args.index("--bind") + 1] = self._bind
+            args += ["--protected-mode", "no"]
         self._process = subprocess.Popen(
             [self._binary, *args, "--dir", str(self._dir)], stdout=subprocess.DEVNULL
         )
