@@ -142,14 +142,22 @@ def create_app(settings: SimulatorSettings | None = None) -> Litestar:
             )
         if faults.malformed:
             return Response(b"<html>not json", media_type=MediaType.HTML)
+        if faults.page is not None:
+            return Response(faults.page.encode(), media_type=MediaType.JSON)
         if after is not None and not after.isdigit():
             raise HTTPException(status_code=400, detail="after must be a cursor from this feed")
         return Response(registry.page(after, max(1, min(limit, 1000))))
 
     @post("/api/v1/events", status_code=201)
-    async def inject(registry: NamedDependency[Registry], data: JSONBody[Any]) -> dict[str, int]:
-        """Put any document on the feed, as a faulty Entity Permissions Core might."""
-        registry.feed.append(data)
+    async def inject(
+        request: Request[Any, Any, Any], registry: NamedDependency[Registry]
+    ) -> dict[str, int]:
+        """Put any document on the feed, as a faulty Entity Permissions Core might.
+
+        The body is kept as it came and served as it is: a document nested thousands of
+        levels deep cannot even be decoded, and a faulty feed may serve it all the same.
+        """
+        registry.feed.append(msgspec.Raw(await request.body()))
         return {"position": len(registry.feed)}
 
     @get("/api/v1/faults")

@@ -25,6 +25,7 @@ class Faults(msgspec.Struct, kw_only=True):
     latency_ms: int = 0
     error_status: int | None = None  # answer this status instead of the feed
     malformed: bool = False  # answer a body that is not JSON
+    page: str | None = None  # answer this text (JSON or not) as every page of the feed
 
 
 class UnknownRequest(LookupError):
@@ -38,7 +39,9 @@ class AlreadyDecided(Exception):
 class Registry:
     def __init__(self) -> None:
         self.requests: dict[str, ApprovalRequest] = {}
-        self.feed: list[dict[str, Any]] = []
+        # Decisions, and documents put on the feed as they were sent (msgspec.Raw: served
+        # byte for byte, however deep or malformed, never decoded here).
+        self.feed: list[dict[str, Any] | msgspec.Raw] = []
         self.faults = Faults()
 
     def request_approval(self, payload: dict[str, Any]) -> None:
