@@ -22,6 +22,7 @@ from litestar.types import ExceptionHandlersMap
 
 from app.db import UNAVAILABLE_ERRORS
 from app.idempotency import IdempotencyConflict
+from app.inbound.intake import EventConflict
 from app.markets.service import MarketNotFound
 from app.validation import FieldError, RequestValidationError, decode_body
 from app.webhooks.standard import SignatureError
@@ -100,6 +101,16 @@ def _conflict(_: AnyRequest, exc: IdempotencyConflict) -> Response[ErrorBody]:
     )
 
 
+def _event_conflict(_: AnyRequest, exc: EventConflict) -> Response[ErrorBody]:
+    """Another event under an event_id already received: the sender must hear of it."""
+    reason = "differs from the copy already received under this event_id"
+    return error_response(
+        HTTP_409_CONFLICT,
+        str(exc),
+        [FieldError(field, reason) for field in exc.conflict.differing],
+    )
+
+
 def _http_error(request: AnyRequest, exc: HTTPException) -> Response[ErrorBody]:
     if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
         limit = request.route_handler.resolve_request_max_body_size()
@@ -140,6 +151,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     ValidationException: _litestar_invalid,
     MarketNotFound: _not_found,
     IdempotencyConflict: _conflict,
+    EventConflict: _event_conflict,
     HTTPException: _http_error,
     SignatureError: _unauthorized,
     **{error: _database_unavailable for error in UNAVAILABLE_ERRORS},

@@ -24,7 +24,7 @@ from app.approvals.processed_events import ProcessedEventRow
 from app.backoff import Backoff, sleep_unless
 from app.db import RETRYABLE_ERRORS, create_pool, storable
 from app.inbound.events import read_event
-from app.inbound.intake import enqueue_new
+from app.inbound.intake import enqueue_new, log_conflict
 from app.process import stop_on_signals
 from app.settings import Settings
 from app.unit_of_work import UnitOfWork
@@ -152,12 +152,13 @@ class Poller:
             except RequestValidationError as error:
                 invalid.append(_invalid_row(document, error, after, position))
         async with UnitOfWork(self._pool) as uow:
-            if valid:
-                await enqueue_new(uow, valid)
+            intake = await enqueue_new(uow, valid)
             if invalid:
                 await uow.processed_events.record_processed_events(invalid)
             await uow.cursors.save(SOURCE, cursor)
             await uow.commit()
+        for conflict in intake.conflicts:
+            log_conflict(conflict, "the feed")
         for row in invalid:
             log.warning(
                 "invalid event %s from the feed recorded failed: %s", row.event_id, row.error
