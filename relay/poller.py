@@ -4,31 +4,36 @@ When PERMISSIONS_SERVICE_BASE_URL is set, one poller across all processes (advis
 lock) calls `GET {base}/api/v1/events?after=CURSOR&limit=100` every
 PERMISSIONS_POLL_INTERVAL_S, following `has_more` at once. Each page is stored in ONE
 transaction: its new events into the outbox for entity-permissions:events (the
-webhook's dedup rule, so an event that arrives both ways is applied once), its invalid
-events recorded `failed`, and the cursor. The cursor therefore never passes an event
-that is not stored, and a poller killed mid-page stores that page again, in full, once.
+webhook's dedup rule, so an event that arrives both ways is applied once), the events
+that cannot be read recorded `failed` under keys of their own (app/inbound/unreadable),
+and the cursor. The cursor therefore never passes an event that is not stored, and a
+poller killed mid-page stores that page again, in full, once.
+
+Nothing a feed serves stops it: an event that cannot be read is that event's failure,
+recorded and passed; a page that cannot be read (not an object, malformed) is the
+feed's failure, retried with capped back-off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Final
+from typing import Final
 
 import asyncpg
 import httpx
 import msgspec
 
-from app.approvals.domain import Status
 from app.approvals.processed_events import ProcessedEventRow
 from app.backoff import Backoff, sleep_unless
-from app.db import RETRYABLE_ERRORS, create_pool, storable
-from app.inbound.events import read_event
+from app.db import RETRYABLE_ERRORS, create_pool
+from app.inbound.events import read_event_json
 from app.inbound.intake import enqueue_new, log_conflict
+from app.inbound.unreadable import feed_event_record
+from app.json_limits import MAX_NESTING, cap_nesting, within
 from app.process import stop_on_signals
 from app.settings import Settings
 from app.unit_of_work import UnitOfWork
-from app.validation import RequestValidationError
 from outbox import EventEnvelope
 from relay.leadership import Leadership
 
@@ -38,10 +43,15 @@ SOURCE: Final = "entity_permissions_core"
 LOCK_NAME: Final = "market-backend:epc-poller"
 PAGE_SIZE: Final = 100
 MAX_RETRY_AFTER_S: Final = 300.0
+# The page object and its data array sit above each event: capped here, every event
+# nests at most MAX_NESTING deep.
+PAGE_NESTING: Final = MAX_NESTING + 2
 
 
 class Page(msgspec.Struct, frozen=True):
-    data: list[Any]
+    # Each event stays raw JSON until it is read on its own: an event that does not
+    # decode (a number out of range, bytes that are not UTF-8) fails alone.
+    data: list[msgspec.Raw]
     next_cursor: str | None = None
     has_more: bool = False
 
@@ -78,13 +88,29 @@ class EventFeed:
             raise FeedUnavailable(f"{type(error).__name__}: {error}") from error
         if response.status_code != 200:
             raise FeedUnavailable(f"HTTP {response.status_code}", _retry_after(response))
-        try:
-            return msgspec.json.decode(response.content, type=Page)
-        except (msgspec.DecodeError, msgspec.ValidationError) as error:
-            raise FeedUnavailable(f"invalid feed body: {error}") from error
+        return decode_page(response.content)
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def decode_page(body: bytes) -> Page:
+    """A page, each event still raw JSON; FeedUnavailable for a body that is not one.
+
+    Values nested deeper than an event may be are first replaced by a marker
+    (cap_nesting), so that the decoder never overflows and the events beside a too-deep
+    one are still read: the too-deep one then fails as an event, on its own.
+    """
+    if not within(body, PAGE_NESTING):
+        body, capped = cap_nesting(body, PAGE_NESTING)
+        if not capped:  # malformed, and too deep to hand to a decoder
+            raise FeedUnavailable(
+                f"invalid feed body: malformed JSON nested deeper than {PAGE_NESTING} levels"
+            )
+    try:
+        return msgspec.json.decode(body, type=Page)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise FeedUnavailable(f"invalid feed body: {error}") from error
 
 
 def _retry_after(response: httpx.Response) -> float:
@@ -97,7 +123,11 @@ def _retry_after(response: httpx.Response) -> float:
 
 class Poller:
     def __init__(
-        self, settings: Settings, pool: asyncpg.Pool, feed: EventFeed, stop: asyncio.Event
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        feed: EventFeed,
+        stop: asyncio.Event,
     ) -> None:
         self._settings = settings
         self._pool = pool
@@ -136,51 +166,41 @@ class Poller:
         total = 0
         while not self._stop.is_set():
             page = await self._feed.page(cursor)
-            after, cursor = cursor, page.next_cursor if page.next_cursor is not None else cursor
-            await self._store(page, after, cursor)
+            cursor = page.next_cursor if page.next_cursor is not None else cursor
+            await self._store(page, cursor)
             total += len(page.data)
             if not page.has_more or page.next_cursor is None:
                 break
         return total
 
-    async def _store(self, page: Page, after: str | None, cursor: str | None) -> None:
-        valid: list[EventEnvelope] = []
-        invalid: list[ProcessedEventRow] = []
-        for position, document in enumerate(page.data):
-            try:
-                valid.append(read_event(document))
-            except RequestValidationError as error:
-                invalid.append(_invalid_row(document, error, after, position))
+    async def _store(self, page: Page, cursor: str | None) -> None:
+        events, unreadable = read_page(page)
         async with UnitOfWork(self._pool) as uow:
-            intake = await enqueue_new(uow, valid)
-            if invalid:
-                await uow.processed_events.record_processed_events(invalid)
+            intake = await enqueue_new(uow, events)
+            if unreadable:
+                await uow.processed_events.record_processed_events(unreadable)
             await uow.cursors.save(SOURCE, cursor)
             await uow.commit()
         for conflict in intake.conflicts:
             log_conflict(conflict, "the feed")
-        for row in invalid:
+        for row in unreadable:
             log.warning(
-                "invalid event %s from the feed recorded failed: %s", row.event_id, row.error
+                "unreadable event from the feed recorded failed as %s: %s", row.event_id, row.error
             )
 
 
-def _invalid_row(
-    document: Any, error: RequestValidationError, after: str | None, position: int
-) -> ProcessedEventRow:
-    """A failed record for an event that cannot be read; its id is stable across re-reads."""
-    fields = document if isinstance(document, dict) else {}
-    event_id = fields.get("event_id")
-    if not isinstance(event_id, str) or not 0 < len(event_id) <= 255:
-        event_id = f"epc-feed:{after or 'start'}:{position}"
-    return ProcessedEventRow(
-        event_id=event_id,
-        event_type=str(fields.get("event_type", "unknown"))[:255],
-        source=SOURCE,
-        status=Status.FAILED,
-        error=f"invalid event: {error}",
-        payload={"document": storable(document, Any)},
-    )
+def read_page(page: Page) -> tuple[list[EventEnvelope], list[ProcessedEventRow]]:
+    """A page's events, and the failed records of those that cannot be read."""
+    events: list[EventEnvelope] = []
+    unreadable: dict[str, ProcessedEventRow] = {}  # by key: the same bad event twice, once
+    for item in page.data:
+        raw = bytes(item)
+        try:
+            events.append(read_event_json(raw))
+        except Exception as error:  # whatever one event raises is that event's failure
+            row = feed_event_record(raw, error, SOURCE)
+            unreadable[row.event_id] = row
+    return events, list(unreadable.values())
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:

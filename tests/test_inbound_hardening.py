@@ -11,10 +11,11 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.support.flow import Flow
+from tests.support.flow import Flow, decision_event
 from tests.support.outbox import wait_until
 from tests.support.processes import ManagedProcess
-from tests.test_polling import API_KEY, all_active, approve, polling, requested
+from tests.test_consumer import pending
+from tests.test_polling import API_KEY, all_active, approve, polling, requested, set_faults
 from tests.test_webhook import WEBHOOK, seed_event
 
 ENTITY = "9b2f7c1e-2222-4a5b-8c9d-0123456789ab"  # the entity of every market seed_body registers
@@ -164,4 +165,115 @@ async def test_item_9_the_poller_logs_a_different_copy_and_passes(flow: Flow) ->
         "SELECT market_id FROM market_approval_events WHERE event_id = 'reused-id'"
     )
     assert [str(h["market_id"]) for h in history] == [first]
+    assert_alive(consumer)
+
+
+# -- item 8: a poisoned feed page stops all approvals -------------------------------------
+
+
+async def test_item_8_a_poisoned_feed_page_stops_no_approval(flow: Flow) -> None:
+    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
+    _, api = flow.start_api()
+    flow.launch_relay()
+    consumer = flow.launch_consumer(**polling(simulator))
+    by_feed = [m["id"] for m in await flow.register_markets(api, 3)]
+    by_webhook = [m["id"] for m in await flow.register_markets(api, 3)]
+    await requested(simulator, by_feed)
+
+    # An event 400 levels deep (deep enough for any recursive walk), then one 5,000 deep
+    # (the page itself is then too deep to decode); each followed on the feed by a
+    # decision, while decisions keep coming by webhook.
+    for depth, feed_market, webhook_market in zip((400, 5000), by_feed, by_webhook, strict=False):
+        await put_on_feed(simulator, nested_event(f"deep-{depth}", str(uuid.uuid4()), depth))
+        await approve(simulator, [feed_market])
+        accepted = await post_webhook(api, seed_event(webhook_market))
+        assert accepted.json()["status"] == "accepted"
+        await all_active(flow, [feed_market, webhook_market], within=30)
+        assert_alive(consumer)
+
+    rows = await wait_unreadable(flow, 2)
+    assert sorted(claimed_id(row) or "" for row in rows) == ["deep-400", "deep-5000"]
+    assert all("nested deeper than 32 levels" in row["processing_error"] for row in rows)
+
+    # A page that is not an object: the feed is failing, the webhook is not.
+    await set_faults(simulator, page='["not", "a", "page"]')
+    failing = consumer.wait_for_log("Entity Permissions Core unavailable")
+    await approve(simulator, [by_feed[2]])
+    accepted = await post_webhook(api, seed_event(by_webhook[2]))
+    assert accepted.json()["status"] == "accepted"
+    await all_active(flow, [by_webhook[2]], within=30)
+    await set_faults(simulator)
+    await all_active(flow, [by_feed[2]], within=90)
+    consumer.wait_for_log("Entity Permissions Core available again", after=failing)
+    assert_alive(consumer)
+
+
+# -- item 9: a decision the poller could not read is later dropped -----------------------
+
+
+async def test_item_9_a_decision_the_poller_could_not_read_is_applied_from_a_later_copy(
+    flow: Flow,
+) -> None:
+    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
+    _, api = flow.start_api()
+    flow.launch_relay()
+    consumer = flow.launch_consumer(**polling(simulator))
+    first, second = (m["id"] for m in await flow.register_markets(api, 2))
+    by_webhook = seed_event(first, event_id="fixed-by-webhook")
+    by_feed = seed_event(second, event_id="fixed-on-the-feed")
+
+    # Each first served unreadable by the feed: an entity_id that is no UUID, no decision.
+    await put_on_feed(
+        simulator,
+        {**by_webhook, "payload": {**by_webhook["payload"], "entity_id": "not-a-uuid"}},
+    )
+    await put_on_feed(simulator, {**by_feed, "payload": {"market_id": second}})
+    rows = {claimed_id(row): row["processing_error"] for row in await wait_unreadable(flow, 2)}
+    assert sorted(rows) == ["fixed-by-webhook", "fixed-on-the-feed"]
+    assert "payload.entity_id" in rows["fixed-by-webhook"]
+    assert "payload.decision" in rows["fixed-on-the-feed"]
+
+    # Then a readable copy of each: by webhook, and on the feed once EPC fixed it.
+    answer = await post_webhook(api, by_webhook)
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "accepted", "event_id": "fixed-by-webhook"}
+    await put_on_feed(simulator, by_feed)
+
+    await all_active(flow, [first, second])
+    assert await outcome(flow, "fixed-by-webhook") == "success"
+    assert await outcome(flow, "fixed-on-the-feed") == "success"
+    assert len(await unreadable_rows(flow)) == 2
+    assert_alive(consumer)
+
+
+async def test_item_9_an_unreadable_stream_entry_blocks_no_later_copy(flow: Flow) -> None:
+    _, api = flow.start_api()
+    flow.launch_relay()
+    consumer = flow.launch_consumer()
+    consumer.wait_for_log("consuming")
+    markets = [m["id"] for m in await flow.register_markets(api, 3)]
+    copies = [seed_event(market, event_id=f"entry-{n}") for n, market in enumerate(markets)]
+    fields = [
+        decision_event(m, event_id=c["event_id"]).stream_fields(0)
+        for m, c in zip(markets, copies, strict=True)
+    ]
+    # A payload that is not JSON; one nested 5,000 deep; an event_id that is not UTF-8.
+    await flow.stream.xadd("entity-permissions:events", {**fields[0], "payload": "{not json"})
+    deep = fields[1]["payload"][:-1] + ', "note": ' + "[" * 5000 + "]" * 5000 + "}"
+    await flow.stream.xadd("entity-permissions:events", {**fields[1], "payload": deep})
+    await flow.stream.xadd("entity-permissions:events", {**fields[2], "event_id": b"entry-2\xff"})
+
+    rows = await wait_unreadable(flow, 3)
+    assert [claimed_id(row) for row in rows] == ["entry-0", "entry-1", "entry-2\\xff"]
+    assert all(row["processing_error"].startswith("unreadable entry:") for row in rows)
+    assert "nested deeper than 32 levels" in rows[1]["processing_error"]
+
+    async def acknowledged() -> bool:
+        return await pending(flow) == 0
+
+    await wait_until(acknowledged, 30, "the unreadable entries acknowledged")
+    for copy in copies:
+        answer = await post_webhook(api, copy)
+        assert answer.json() == {"status": "accepted", "event_id": copy["event_id"]}
+    await all_active(flow, markets)
     assert_alive(consumer)

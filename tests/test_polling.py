@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -175,10 +176,17 @@ async def test_an_invalid_event_is_recorded_failed_and_passed(flow: Flow) -> Non
 
     await all_active(flow, [market])
     rows = await flow.db.fetch(
-        "SELECT event_id, processing_status, processing_error FROM processed_events"
-        " WHERE processing_status = 'failed' ORDER BY event_id"
+        "SELECT event_id, processing_error, payload FROM processed_events"
+        " WHERE processing_status = 'failed' ORDER BY id"
     )
-    assert [r["event_id"] for r in rows] == ["broken-1", "epc-feed:start:1"]
+    # Under keys of their own, never the event_id they claim (which stays free for a
+    # readable copy), each with the document as it came.
+    assert all(r["event_id"].startswith("unreadable:") for r in rows)
+    documents = [json.loads(r["payload"])["document"] for r in rows]
+    assert sorted(documents, key=json.dumps) == [
+        ["not", "an", "event"],
+        {"event_id": "broken-1", "event_type": "market.approved", "payload": {}},
+    ]
     assert all("invalid event" in r["processing_error"] for r in rows)
     await applied_once(flow, events)
 

@@ -27,6 +27,8 @@ from app.approvals.domain import Status
 from app.approvals.service import Delivery
 from app.backoff import Backoff
 from app.db import RETRYABLE_ERRORS, UNAVAILABLE_ERRORS, create_pool, storable
+from app.inbound.events import UnreadableEntry, read_stream_entry
+from app.inbound.unreadable import UNREADABLE_ENTRY, label, printable, stream_entry_key
 from app.process import stop_on_signals
 from app.redis_client import connect_redis, read_group
 from app.settings import Settings
@@ -186,10 +188,10 @@ class ApprovalConsumer:
                 done.append(entry.id)
                 continue
             try:
-                envelope = EventEnvelope.from_stream_fields(entry.fields)
-            except msgspec.ValidationError as error:
+                envelope = read_stream_entry(entry.fields)
+            except UnreadableEntry as error:
                 delivery = Delivery(_unreadable(entry, error), entry.deliveries)
-                if await self._record_failure(delivery, f"unreadable entry: {error}"):
+                if await self._record_failure(delivery, UNREADABLE_ENTRY + printable(str(error))):
                     done.append(entry.id)
                 continue
             readable.append((entry, Delivery(envelope, entry.deliveries)))
@@ -321,16 +323,21 @@ def transaction_groups(entries: int, concurrency: int) -> int:
 
 
 def _unreadable(entry: Entry, error: Exception) -> EventEnvelope:
-    """An envelope for the record of an entry that could not be read as one."""
-    fields = entry.fields or {}
+    """An envelope for the record of an entry that could not be read as one.
+
+    Its key is its own (unreadable:<digest of the fields>), never the event_id the entry
+    claims, which stays free for a readable copy; its fields are kept whole, shown
+    printable, for the operator and for admin replay (app/inbound/unreadable.py).
+    """
+    fields = {printable(name): printable(value) for name, value in (entry.fields or {}).items()}
     return EventEnvelope(
-        event_id=fields.get("event_id") or f"stream-entry:{entry.id}",
-        event_type=fields.get("event_type", "unknown"),
-        source=fields.get("source", "unknown"),
-        aggregate_type=fields.get("aggregate_type", "unknown"),
-        aggregate_id=fields.get("aggregate_id", ""),
+        event_id=stream_entry_key(fields),
+        event_type=label(fields.get("event_type"), "unknown"),
+        source=label(fields.get("source"), "unknown"),
+        aggregate_type="stream-entry",
+        aggregate_id=entry.id,
         occurred_at=_entry_time(entry.id),
-        payload={"fields": fields, "error": str(error)},
+        payload={"fields": fields, "error": printable(str(error))},
     )
 
 
@@ -348,6 +355,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         socket_timeout=settings.consumer_block_ms / 1000 + 5,
         decode_responses=True,
     )
+    # An entry whose bytes are not UTF-8 would fail every read that returns it (and so
+    # the consumer, at each restart): its bytes come back as surrogates instead, and
+    # read_stream_entry finds it unreadable.
+    client.connection_pool.connection_kwargs["encoding_errors"] = "surrogateescape"
     consumer = ApprovalConsumer(settings, pool, client, stop)
     try:
         await consumer.ensure_group()
