@@ -10,8 +10,9 @@ and the cursor. The cursor therefore never passes an event that is not stored, a
 poller killed mid-page stores that page again, in full, once.
 
 Nothing a feed serves stops it: an event that cannot be read is that event's failure,
-recorded and passed; a page that cannot be read (not an object, malformed) is the
-feed's failure, retried with capped back-off.
+recorded and passed; a page that cannot be read (not an object, too large, malformed)
+is the feed's failure, retried with capped back-off; and anything unforeseen restarts
+the poller, never the process it runs in.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import msgspec
 from app.approvals.processed_events import ProcessedEventRow
 from app.backoff import Backoff, sleep_unless
 from app.db import RETRYABLE_ERRORS, create_pool
-from app.inbound.events import read_event_json
+from app.inbound.events import MAX_EVENT_BYTES, read_event_json
 from app.inbound.intake import enqueue_new, log_conflict
 from app.inbound.unreadable import feed_event_record
 from app.json_limits import MAX_NESTING, cap_nesting, within
@@ -43,6 +44,9 @@ SOURCE: Final = "entity_permissions_core"
 LOCK_NAME: Final = "market-backend:epc-poller"
 PAGE_SIZE: Final = 100
 MAX_RETRY_AFTER_S: Final = 300.0
+# A full page of the largest events, and room to spare; beyond it the page is refused
+# before it is all in memory.
+MAX_PAGE_BYTES: Final = 2 * PAGE_SIZE * MAX_EVENT_BYTES
 # The page object and its data array sit above each event: capped here, every event
 # nests at most MAX_NESTING deep.
 PAGE_NESTING: Final = MAX_NESTING + 2
@@ -71,10 +75,11 @@ class EventFeed:
         self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         assert settings.permissions_service_base_url, "polling needs a base URL"
+        self._timeout_ms = settings.permissions_service_timeout_ms
         self._client = httpx.AsyncClient(
             base_url=settings.permissions_service_base_url,
             headers={"X-API-Key": settings.permissions_service_api_key or ""},
-            timeout=settings.permissions_service_timeout_ms / 1000,
+            timeout=self._timeout_ms / 1000,
             transport=transport,
         )
 
@@ -83,12 +88,22 @@ class EventFeed:
         if after is not None:
             params["after"] = after
         try:
-            response = await self._client.get("/api/v1/events", params=params)
+            # The whole answer within the time-out, not each read: a feed that drips a
+            # byte at a time is as unavailable as one that does not answer.
+            async with asyncio.timeout(self._timeout_ms / 1000):
+                body = await self._get(params)
+        except TimeoutError:
+            raise FeedUnavailable(f"no complete answer within {self._timeout_ms} ms") from None
+        return decode_page(body)
+
+    async def _get(self, params: dict[str, str | int]) -> bytes:
+        try:
+            async with self._client.stream("GET", "/api/v1/events", params=params) as response:
+                if response.status_code != 200:
+                    raise FeedUnavailable(f"HTTP {response.status_code}", _retry_after(response))
+                return await _read_at_most(response, MAX_PAGE_BYTES)
         except httpx.HTTPError as error:
             raise FeedUnavailable(f"{type(error).__name__}: {error}") from error
-        if response.status_code != 200:
-            raise FeedUnavailable(f"HTTP {response.status_code}", _retry_after(response))
-        return decode_page(response.content)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -113,6 +128,21 @@ def decode_page(body: bytes) -> Page:
         raise FeedUnavailable(f"invalid feed body: {error}") from error
 
 
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The body (decompressed), refused as soon as it is over `limit` bytes."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise FeedUnavailable(f"a page of {declared} bytes, over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise FeedUnavailable(f"a page over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _retry_after(response: httpx.Response) -> float:
     """Retry-After in seconds (429, 503), bounded; 0 when absent or unreadable."""
     try:
@@ -128,6 +158,7 @@ class Poller:
         pool: asyncpg.Pool,
         feed: EventFeed,
         stop: asyncio.Event,
+        restarts: Backoff | None = None,
     ) -> None:
         self._settings = settings
         self._pool = pool
@@ -135,6 +166,7 @@ class Poller:
         self._stop = stop
         self._feed_backoff = Backoff("Entity Permissions Core", log, cap_s=60.0)
         self._postgres_backoff = Backoff("PostgreSQL", log)
+        self._restarts = restarts
 
     async def run(self, leadership: Leadership) -> None:
         """Poll until told to stop or the lock's session is lost."""
@@ -148,8 +180,17 @@ class Poller:
             except RETRYABLE_ERRORS as error:
                 await self._postgres_backoff.wait_after(error, self._stop)
                 continue
+            except Exception as error:
+                # A page no rule above foresaw: the feed's failure like any other, with
+                # the traceback once, and never the end of polling.
+                if not self._feed_backoff.failures:
+                    log.exception("unexpected error reading Entity Permissions Core's feed")
+                await self._feed_backoff.wait_after(error, self._stop)
+                continue
             self._feed_backoff.succeeded()
             self._postgres_backoff.succeeded()
+            if self._restarts is not None:
+                self._restarts.succeeded()
             log.info(
                 "Polled events from Entity Permissions Core: %d", count, extra={"count": count}
             )
@@ -204,12 +245,28 @@ def read_page(page: Page) -> tuple[list[EventEnvelope], list[ProcessedEventRow]]
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Poll while holding the poller lock; stand by while another process holds it."""
+    """Poll while holding the poller lock; stand by while another process holds it.
+
+    Returns only once `stop` is set: an unexpected error (a bug, a database refusing
+    us) is logged with its traceback and the poller starts again after a capped
+    back-off, so that it never ends the process, nor the consumer beside it.
+    """
     stop = stop or stop_on_signals()
+    restarts = Backoff("The poller", log, base_s=1.0, cap_s=60.0)
+    while not stop.is_set():
+        try:
+            await _lead_and_poll(settings, stop, restarts)
+        except Exception as error:
+            if not restarts.failures:  # the traceback once, not once a minute
+                log.exception("the poller failed; starting it again after a back-off")
+            await restarts.wait_after(error, stop)
+
+
+async def _lead_and_poll(settings: Settings, stop: asyncio.Event, restarts: Backoff) -> None:
     leadership = Leadership(settings.database_url, LOCK_NAME)
     pool = await create_pool(settings, max_size=2)
     feed = EventFeed(settings)
-    poller = Poller(settings, pool, feed, stop)
+    poller = Poller(settings, pool, feed, stop, restarts)
     try:
         while await leadership.acquire(stop):
             log.info(

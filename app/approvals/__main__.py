@@ -1,21 +1,41 @@
 """`python -m app.approvals` (`make consume`): an approval consumer, and the poller of
 Entity Permissions Core's feed when PERMISSIONS_SERVICE_BASE_URL is set (one process
-polls at a time; in the others it stands by)."""
+polls at a time; in the others it stands by).
+
+The two share the process, not a fate: the poller runs as a task of its own that
+restarts itself after any failure (relay/poller.run), and should it end anyway the
+consumer goes on. The consumer's end (a stop signal, or its own failure) stops the
+poller cleanly, and the process ends as the consumer did.
+"""
 
 import asyncio
+import logging
 
 from app.approvals import consumer
 from app.process import start_process, stop_on_signals
 from app.settings import Settings
 from relay import poller
 
+log = logging.getLogger("approvals")
+
 
 async def serve(settings: Settings) -> None:
     stop = stop_on_signals()
-    work = [consumer.run(settings, stop)]
+    polling = None
     if settings.permissions_service_base_url:
-        work.append(poller.run(settings, stop))
-    await asyncio.gather(*work)
+        polling = asyncio.create_task(poller.run(settings, stop), name="poller")
+        polling.add_done_callback(_report_end)
+    try:
+        await consumer.run(settings, stop)
+    finally:
+        if polling is not None:
+            stop.set()
+            await asyncio.wait([polling])
+
+
+def _report_end(polling: "asyncio.Task[None]") -> None:
+    if not polling.cancelled() and (error := polling.exception()) is not None:
+        log.error("the poller ended; the consumer goes on without it", exc_info=error)
 
 
 def main() -> None:
