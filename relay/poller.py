@@ -10,16 +10,16 @@ and the cursor. The cursor therefore never passes an event that is not stored, a
 poller killed mid-page stores that page again, in full, once.
 
 Nothing a feed serves stops it: an event that cannot be read is that event's failure,
-recorded and passed; a page that cannot be read (not an object, too large, malformed)
-is the feed's failure, retried with capped back-off; and anything unforeseen restarts
-the poller, never the process it runs in.
+recorded and passed; a page that cannot be read (not an object, too large, malformed,
+a cursor that does not advance) is the feed's failure, retried with capped back-off;
+and anything unforeseen restarts the poller, never the process it runs in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final
+from typing import Annotated, Final
 
 import asyncpg
 import httpx
@@ -50,13 +50,19 @@ MAX_PAGE_BYTES: Final = 2 * PAGE_SIZE * MAX_EVENT_BYTES
 # The page object and its data array sit above each event: capped here, every event
 # nests at most MAX_NESTING deep.
 PAGE_NESTING: Final = MAX_NESTING + 2
+# Pages followed in one poll before the poll interval: a feed whose has_more never ends
+# (cursors that cycle, a backlog without end) is read at a bounded pace.
+MAX_PAGES_PER_POLL: Final = 1000
+# A cursor goes back in a query string and into poller_cursors; a page with a longer
+# one is refused, so that neither grows with what a feed serves.
+MAX_CURSOR_CHARS: Final = 4096
 
 
 class Page(msgspec.Struct, frozen=True):
     # Each event stays raw JSON until it is read on its own: an event that does not
     # decode (a number out of range, bytes that are not UTF-8) fails alone.
     data: list[msgspec.Raw]
-    next_cursor: str | None = None
+    next_cursor: Annotated[str, msgspec.Meta(max_length=MAX_CURSOR_CHARS)] | None = None
     has_more: bool = False
 
 
@@ -66,6 +72,16 @@ class FeedUnavailable(Exception):
     def __init__(self, reason: str, retry_after: float = 0.0) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class CursorNotAdvancing(FeedUnavailable):
+    """has_more, with a next_cursor already read in this poll: following it would loop."""
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(
+            f"the feed's cursor does not advance: has_more with next_cursor {cursor[:200]!r},"
+            " already read in this poll"
+        )
 
 
 class EventFeed:
@@ -172,7 +188,7 @@ class Poller:
         """Poll until told to stop or the lock's session is lost."""
         while not self._stop.is_set() and not leadership.lost.is_set():
             try:
-                count = await self.poll()
+                count = await self.poll(leadership)
             except FeedUnavailable as error:
                 delay = self._feed_backoff.failed(error)
                 await sleep_unless(self._stop, max(delay, error.retry_after))
@@ -196,22 +212,32 @@ class Poller:
             )
             await sleep_unless(self._stop, self._settings.permissions_poll_interval_s)
 
-    async def poll(self) -> int:
-        """Read the feed from the stored cursor to its end; returns how many events came.
+    async def poll(self, leadership: Leadership) -> int:
+        """Read the feed from the stored cursor on; returns how many events came.
 
         Every page is saved with the cursor it leads to, even an empty one: the cursor
-        row's updated_at is the poller's last success, which /metrics reports.
+        row's updated_at is the poller's last success, which /metrics reports. Between
+        pages the lock is checked: a poller that lost it leaves the feed to the new
+        holder at once, not after the backlog.
         """
         async with UnitOfWork(self._pool) as uow:
             cursor = await uow.cursors.get(SOURCE)
         total = 0
-        while not self._stop.is_set():
+        requested: set[str | None] = set()
+        for _ in range(MAX_PAGES_PER_POLL):
+            if self._stop.is_set() or leadership.lost.is_set():
+                break
+            requested.add(cursor)
             page = await self._feed.page(cursor)
             cursor = page.next_cursor if page.next_cursor is not None else cursor
             await self._store(page, cursor)
             total += len(page.data)
             if not page.has_more or page.next_cursor is None:
                 break
+            if page.next_cursor in requested:
+                raise CursorNotAdvancing(page.next_cursor)
+            if not page.data:
+                break  # no progress, whatever has_more says: the rest at the next poll
         return total
 
     async def _store(self, page: Page, cursor: str | None) -> None:

@@ -4,13 +4,22 @@ reused with other content, and a feed whose cursor does not advance."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
 
+from relay.leadership import lock_key
+from relay.poller import LOCK_NAME
+from tests.conftest import DATABASE_URL
 from tests.support.flow import Flow, decision_event
 from tests.support.outbox import wait_until
 from tests.support.processes import ManagedProcess
@@ -277,3 +286,135 @@ async def test_item_9_an_unreadable_stream_entry_blocks_no_later_copy(flow: Flow
         assert answer.json() == {"status": "accepted", "event_id": copy["event_id"]}
     await all_active(flow, markets)
     assert_alive(consumer)
+
+
+# -- item 12: a feed that repeats its cursor ----------------------------------------------
+
+
+class FeedServer:
+    """An Entity Permissions feed of the test's own: `page(after)` answers each request,
+    and every request is counted."""
+
+    def __init__(self, page: Callable[[str | None], dict[str, Any]], delay_s: float = 0) -> None:
+        self.page = page
+        self.requests = 0
+        self._lock = threading.Lock()
+        feed = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with feed._lock:
+                    feed.requests += 1
+                threading.Event().wait(delay_s)
+                after = parse_qs(urlsplit(self.path).query).get("after", [None])[0]
+                body = json.dumps(feed.page(after)).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @contextmanager
+    def running(self) -> Iterator[FeedServer]:
+        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def epc_event(event_id: str) -> dict[str, Any]:
+    """An event the consumer records `skipped`: enough to see what the poller stored."""
+    return {
+        "event_id": event_id,
+        "event_type": "entity.noted",
+        "source": "entity_permissions_core",
+        "payload": {"n": event_id},
+    }
+
+
+def launch_poller(flow: Flow, feed: str) -> ManagedProcess:
+    """`make poll`: the poller alone."""
+    process = ManagedProcess(
+        f"poller-{uuid.uuid4().hex[:8]}",
+        ["-m", "relay", "poll"],
+        flow.env(**polling(feed)),
+        flow.log_dir,
+    )
+    flow.processes.append(process)
+    return process
+
+
+async def test_item_12_a_feed_repeating_its_cursor_is_not_hammered(flow: Flow) -> None:
+    advancing = False
+
+    def page(after: str | None) -> dict[str, Any]:
+        if advancing and after == "7":
+            return {"data": [epc_event("after-7")], "next_cursor": "8", "has_more": False}
+        return {"data": [epc_event("at-7")], "next_cursor": "7", "has_more": True}
+
+    with FeedServer(page).running() as feed:
+        poller = launch_poller(flow, feed.url)
+        stuck = poller.wait_for_log("does not advance")
+        before = feed.requests
+        await asyncio.sleep(3)
+        # Backing off: a handful of requests in 3 s, not thousands.
+        assert feed.requests - before <= 20, feed.requests - before
+
+        advancing = True
+        poller.wait_for_log("Entity Permissions Core available again", after=stuck, timeout=90)
+
+    assert await flow.db.fetchval("SELECT cursor FROM poller_cursors") == "8"
+    stored = await flow.db.fetch("SELECT event_id FROM outbox ORDER BY id")
+    assert [row["event_id"] for row in stored] == ["at-7", "after-7"]
+    assert_alive(poller)
+
+
+async def test_item_12_a_poller_that_loses_its_lock_stops_between_pages(flow: Flow) -> None:
+    def endless(after: str | None) -> dict[str, Any]:
+        position = int(after or 0)
+        return {
+            "data": [epc_event(f"endless-{position}")],
+            "next_cursor": str(position + 1),
+            "has_more": True,
+        }
+
+    with FeedServer(endless, delay_s=0.02).running() as feed:
+        poller = launch_poller(flow, feed.url)
+        poller.wait_for_log("polling")
+
+        async def following_pages() -> bool:
+            return feed.requests > 5
+
+        await wait_until(following_pages, 30, "the poller following the feed")
+        holder = await asyncpg.connect(DATABASE_URL)
+        try:
+            # The lock's session ends (a network cut, a server restart), and another
+            # process takes the lock before this one notices.
+            await holder.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name LIKE $1",
+                f"{LOCK_NAME}:%",
+            )
+
+            async def taken() -> bool:
+                return bool(
+                    await holder.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(LOCK_NAME))
+                )
+
+            await wait_until(taken, 10, "the lock taken by another session")
+            poller.wait_for_log("waiting as standby")
+            stopped_at = feed.requests
+            await asyncio.sleep(1)
+            assert feed.requests == stopped_at
+        finally:
+            await holder.close()
+    assert_alive(poller)
