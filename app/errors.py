@@ -15,11 +15,13 @@ from litestar.status_codes import (
     HTTP_405_METHOD_NOT_ALLOWED,
     HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from litestar.types import ExceptionHandlersMap
 
+from app.admin.replay import StillUnreadable
 from app.db import UNAVAILABLE_ERRORS
 from app.idempotency import IdempotencyConflict
 from app.inbound.intake import EventConflict
@@ -111,6 +113,10 @@ def _event_conflict(_: AnyRequest, exc: EventConflict) -> Response[ErrorBody]:
     )
 
 
+def _still_unreadable(_: AnyRequest, exc: StillUnreadable) -> Response[ErrorBody]:
+    return error_response(HTTP_422_UNPROCESSABLE_ENTITY, str(exc), exc.errors)
+
+
 def _http_error(request: AnyRequest, exc: HTTPException) -> Response[ErrorBody]:
     if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
         limit = request.route_handler.resolve_request_max_body_size()
@@ -152,6 +158,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     MarketNotFound: _not_found,
     IdempotencyConflict: _conflict,
     EventConflict: _event_conflict,
+    StillUnreadable: _still_unreadable,
     HTTPException: _http_error,
     SignatureError: _unauthorized,
     **{error: _database_unavailable for error in UNAVAILABLE_ERRORS},

@@ -24,6 +24,7 @@ from tests.support.flow import Flow, decision_event
 from tests.support.outbox import wait_until
 from tests.support.processes import ManagedProcess
 from tests.test_consumer import pending
+from tests.test_operations import ADMIN, TOKEN
 from tests.test_polling import API_KEY, all_active, approve, polling, requested, set_faults
 from tests.test_webhook import WEBHOOK, seed_event
 
@@ -418,3 +419,113 @@ async def test_item_12_a_poller_that_loses_its_lock_stops_between_pages(flow: Fl
         finally:
             await holder.close()
     assert_alive(poller)
+
+
+# -- item 9: admin replay of every kind of failed record ---------------------------------
+
+
+async def test_item_9_replay_repairs_every_kind_of_failed_row(flow: Flow) -> None:
+    flow._env = {**flow._env, "ADMIN_TOKEN": TOKEN}
+    _, api = flow.start_api()
+    flow.launch_relay()
+    flow.launch_consumer().wait_for_log("consuming")
+    markets = [m["id"] for m in await flow.register_markets(api, 3)]
+    # As today's poller and consumer recorded deliveries they could not read, under the
+    # sender's event_id; and an unreadable record under a key of its own.
+    feed_document = seed_event(markets[0], event_id="legacy-feed")
+    entry_fields = decision_event(markets[1], event_id="legacy-entry").stream_fields(7)
+    unreadable_document = seed_event(markets[2], event_id="once-unreadable")
+    await record_failed(
+        flow, "legacy-feed", {"document": feed_document}, "invalid event: body: ..."
+    )
+    await record_failed(
+        flow,
+        "legacy-entry",
+        {"payload": {"fields": entry_fields, "error": "..."}, "context": {}},
+        "unreadable entry: Object missing required field `occurred_at`",
+    )
+    await record_failed(
+        flow, "unreadable:0123", {"document": unreadable_document}, "invalid event: ..."
+    )
+
+    async with httpx.AsyncClient(base_url=api, headers=ADMIN) as http:
+        for key, own_id in (
+            ("legacy-feed", "legacy-feed"),
+            ("legacy-entry", "legacy-entry"),
+            ("unreadable:0123", "once-unreadable"),
+        ):
+            answer = await http.post(f"/api/v1/admin/processed-events/{key}/replay")
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["replayed_as"] == own_id
+        await all_active(flow, markets)
+
+        # Replayed again: nothing is applied twice.
+        again = await http.post("/api/v1/admin/processed-events/legacy-feed/replay")
+        assert again.status_code == 409
+        forced = await http.post("/api/v1/admin/processed-events/legacy-feed/replay?force=true")
+        assert forced.status_code == 202
+        await wait_outcome(flow, "legacy-feed", "skipped")
+        gone = await http.post("/api/v1/admin/processed-events/unreadable:0123/replay")
+        assert gone.status_code == 404
+
+    for event_id in ("legacy-entry", "once-unreadable"):
+        assert await outcome(flow, event_id) == "success"
+    history = await flow.db.fetch("SELECT event_id FROM market_approval_events ORDER BY event_id")
+    assert [h["event_id"] for h in history] == ["legacy-entry", "legacy-feed", "once-unreadable"]
+
+
+async def test_item_9_replay_refuses_what_still_cannot_be_read(flow: Flow) -> None:
+    flow._env = {**flow._env, "ADMIN_TOKEN": TOKEN}
+    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
+    _, api = flow.start_api()
+    flow.launch_relay()
+    flow.launch_consumer(**polling(simulator)).wait_for_log("consuming")
+    [market] = [m["id"] for m in await flow.register_markets(api, 1)]
+    await requested(simulator, [market])
+    await put_on_feed(simulator, nested_event("too-deep", market, 400))
+    no_uuid = {"market_id": "no-uuid", "entity_id": ENTITY, "decision": "approved"}
+    await put_on_feed(simulator, seed_event(event_id="no-uuid-market", payload=no_uuid))
+    [applied] = await approve(simulator, [market])
+    # A copy of the applied decision that could not be read (its id taken since), and a
+    # decision whose payload the consumer found invalid (straight onto the stream).
+    await record_failed(
+        flow, "unreadable:4567", {"document": applied}, "invalid event: (a reader since fixed)"
+    )
+    await flow.xadd_decision(decision_event("not-a-uuid", event_id="invalid-payload"))
+    await all_active(flow, [market])
+    await wait_outcome(flow, "invalid-payload", "failed")
+    recorded = {claimed_id(row): row["event_id"] for row in await wait_unreadable(flow, 3)}
+    deep, invalid = recorded["too-deep"], recorded["no-uuid-market"]
+
+    async with httpx.AsyncClient(base_url=api, headers=ADMIN) as http:
+
+        async def refused(event_id: str, status: int) -> dict[str, Any]:
+            answer = await http.post(f"/api/v1/admin/processed-events/{event_id}/replay")
+            assert answer.status_code == status, answer.text
+            body: dict[str, Any] = answer.json()
+            return body
+
+        too_deep = await refused(deep, 422)
+        assert "nested deeper than 32 levels" in json.dumps(too_deep["errors"])
+        not_a_uuid = await refused(invalid, 422)
+        assert [e["field"] for e in not_a_uuid["errors"]] == ["payload.market_id"]
+        bad_payload = await refused("invalid-payload", 422)
+        assert "payload.market_id" in [e["field"] for e in bad_payload["errors"]]
+        taken = await refused("unreadable:4567", 409)
+        assert applied["event_id"] in taken["detail"]
+
+    assert await flow.db.fetchval("SELECT count(*) FROM event_replays") == 0
+    assert await flow.db.fetchval("SELECT count(*) FROM market_approval_events") == 1
+
+
+async def record_failed(flow: Flow, event_id: str, payload: dict[str, Any], error: str) -> None:
+    await flow.db.execute(
+        """
+        INSERT INTO processed_events (event_id, event_type, source, processing_status,
+                                      processing_error, payload)
+        VALUES ($1, 'market.approved', 'entity_permissions_core', 'failed', $2, $3)
+        """,
+        event_id,
+        error,
+        json.dumps(payload),
+    )

@@ -51,6 +51,9 @@ class ReplayReceipt(msgspec.Struct, frozen=True):
     status: Literal["replayed"]
     event_id: str
     forced: bool
+    # The event's own id, under which the consumer applies it: the record's id, but for
+    # a record of an unreadable delivery (unreadable:...), the id its event claimed.
+    replayed_as: str
 
 
 class AlertList(msgspec.Struct, frozen=True):
@@ -121,7 +124,21 @@ class AdminController(Controller):
         "/processed-events/{event_id:str}/replay",
         status_code=202,
         summary="Replay a failed or dead-lettered event (a success only with force=true)",
-        responses=error_responses(400, 404, 409, *_GUARDED),
+        description="Any failed record replays: a decision that could not be applied, a "
+        "dead letter, an event or stream entry that could not be read. Each is read again "
+        "as it first was; 422 when it still cannot be, 409 when it was already applied.",
+        responses=error_responses(
+            400,
+            404,
+            409,
+            422,
+            *_GUARDED,
+            descriptions={
+                409: "A success without force=true, or the event is already recorded under "
+                "its own id (a copy of it arrived since)",
+                422: "The recorded event still cannot be read; every reason is listed",
+            },
+        ),
     )
     async def replay_event(
         self,
@@ -130,12 +147,12 @@ class AdminController(Controller):
         force: Annotated[bool, QueryParameter()] = False,
     ) -> ReplayReceipt:
         try:
-            await replay(uow, event_id, force=force)
+            replayed_as = await replay(uow, event_id, force=force)
         except UnknownEvent:
             raise NotFoundException(f"no processed event {event_id}") from None
         except NotReplayable as refused:
             raise HTTPException(status_code=409, detail=str(refused)) from None
-        return ReplayReceipt("replayed", event_id, force)
+        return ReplayReceipt("replayed", event_id, force, replayed_as)
 
     @get(
         "/stats",

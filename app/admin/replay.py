@@ -1,30 +1,55 @@
-"""Replay an inbound event: the consumer applies it again, as if it had just arrived."""
+"""Replay an inbound event: the consumer applies it again, as if it had just arrived.
+
+Every kind of failed record replays, each read again by the reader it first failed
+(app/inbound/unreadable.py describes what each keeps):
+- a decision the consumer read but could not apply (a domain failure, a dead letter):
+  its event rebuilt from the record, read as the webhook and the feed read events;
+- an event on the feed that could not be read: its document;
+- a stream entry that could not be read: its fields.
+One that still cannot be read is refused (StillUnreadable, naming why). A replay never
+applies a decision twice: an event replayed under its own record's id goes through the
+consumer's usual rules (a market already decided is not decided again, hence `force`
+for a success); one recorded as unreadable replays only while its own event_id is
+recorded nowhere, since otherwise a copy of it has already arrived.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+import msgspec
+
 from app.approvals.domain import Status
+from app.inbound.events import UnreadableEntry, read_event_json, read_stream_entry
 from app.inbound.intake import enqueue_new
+from app.inbound.unreadable import kept_document, kept_entry_fields
 from app.unit_of_work import UnitOfWork
-from outbox import new_event
+from app.validation import FieldError, RequestValidationError
+from outbox import EventEnvelope
+
+_encode = msgspec.json.Encoder().encode
 
 
 class NotReplayable(Exception):
-    """Only failed events replay, unless forced."""
+    """Only failed events replay, unless forced; nothing already applied replays again."""
 
 
 class UnknownEvent(LookupError):
     pass
 
 
-async def replay(uow: UnitOfWork, event_id: str, *, force: bool = False) -> None:
-    """Re-enqueue a recorded event through the outbox, with an audit record, in one transaction.
+class StillUnreadable(Exception):
+    """The recorded event still cannot be read; `errors` say why."""
 
-    Its processed_events row is removed so that the consumer applies it again; the
-    consumer's rules keep that safe: a market already decided is not decided twice,
-    which is why a `success` is replayed only when forced.
-    """
+    def __init__(self, event_id: str, errors: list[FieldError]) -> None:
+        super().__init__(f"{event_id} still cannot be read as an event; nothing was replayed")
+        self.errors = errors
+
+
+async def replay(uow: UnitOfWork, event_id: str, *, force: bool = False) -> str:
+    """Re-enqueue a recorded event through the outbox, with an audit record, in one
+    transaction; returns the event_id the consumer will apply it under."""
     async with uow:
         row = await uow.connection.fetchrow(
             """
@@ -37,9 +62,7 @@ async def replay(uow: UnitOfWork, event_id: str, *, force: bool = False) -> None
             raise UnknownEvent(event_id)
         if row["processing_status"] == Status.SUCCESS and not force:
             raise NotReplayable(f"{event_id} succeeded; replay it only with force=true")
-        recorded: dict[str, Any] = row["payload"] or {}
-        payload = recorded.get("payload") if isinstance(recorded.get("payload"), dict) else {}
-        context = recorded.get("context") if isinstance(recorded.get("context"), dict) else {}
+        event = reread(row)
         await uow.connection.execute(
             """
             INSERT INTO event_replays (event_id, previous_status, previous_error, forced)
@@ -50,21 +73,49 @@ async def replay(uow: UnitOfWork, event_id: str, *, force: bool = False) -> None
             row["processing_error"],
             force,
         )
+        # The record gives way to the replayed event's own; so does the retained outbox
+        # row of an event replayed under its own id.
         await uow.connection.execute("DELETE FROM processed_events WHERE event_id = $1", event_id)
-        # The retained outbox row, if any, gives way to the new one.
-        await uow.connection.execute("DELETE FROM outbox WHERE event_id = $1", event_id)
-        await enqueue_new(
-            uow,
-            [
-                new_event(
-                    event_id=event_id,
-                    event_type=row["event_type"],
-                    source=row["source"],
-                    aggregate_type="market",
-                    aggregate_id=str((payload or {}).get("market_id", event_id)),
-                    payload=payload or {},
-                    context={**(context or {}), "replayed": True},
-                )
-            ],
-        )
+        if event.event_id == event_id:
+            await uow.connection.execute("DELETE FROM outbox WHERE event_id = $1", event_id)
+        replayed = msgspec.structs.replace(event, context={**event.context, "replayed": True})
+        intake = await enqueue_new(uow, [replayed])
+        if not intake.accepted:
+            raise NotReplayable(
+                f"{event_id} holds event {event.event_id}, which is already recorded"
+                f"{' with other content' if intake.conflicts else ''}: a copy of it arrived"
+                " since; replay that one if need be"
+            )
         await uow.commit()
+    return event.event_id
+
+
+def reread(row: asyncpg.Record) -> EventEnvelope:
+    """The event a failed record holds, read again; StillUnreadable naming why not."""
+    kept: dict[str, Any] = row["payload"] if isinstance(row["payload"], dict) else {}
+    try:
+        return _read_kept(row, kept)
+    except RequestValidationError as invalid:
+        raise StillUnreadable(row["event_id"], invalid.errors) from None
+    except UnreadableEntry as unreadable:
+        raise StillUnreadable(row["event_id"], [FieldError("entry", str(unreadable))]) from None
+
+
+def _read_kept(row: asyncpg.Record, kept: dict[str, Any]) -> EventEnvelope:
+    is_feed_event, document = kept_document(kept)
+    if is_feed_event:
+        if document is None:
+            reason = f"not kept: {row['processing_error']}"
+            raise RequestValidationError.single("document", reason)
+        return read_event_json(_encode(document))
+    fields = kept_entry_fields(kept, row["processing_error"])
+    if fields is not None:
+        return read_stream_entry(fields)
+    rebuilt = {
+        "event_id": row["event_id"],
+        "event_type": row["event_type"],
+        "source": row["source"],
+        "payload": kept.get("payload"),
+        "context": kept.get("context", {}),
+    }
+    return read_event_json(_encode(rebuilt))
