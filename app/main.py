@@ -29,6 +29,7 @@ from app.unit_of_work import UnitOfWork
 from app.webhooks.controller import WebhookController, WebhookReceiver
 from app.webhooks.guard import RateLimiter, SourceGuard
 from app.webhooks.sns import SnsVerifier
+from outbox.streams import TRIMMED_STREAMS
 
 
 def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None) -> Litestar:
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
     configure_logging(settings)
     settings.check_secrets(secrets_used_by("api"))
     FLOW.polling_enabled = bool(settings.permissions_service_base_url)
+    FLOW.stream_maxlen = {stream: settings.maxlen_of(stream) for stream in TRIMMED_STREAMS}
 
     @asynccontextmanager
     async def connections(app: Litestar) -> AsyncIterator[None]:

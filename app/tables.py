@@ -45,6 +45,7 @@ class ProcessedEvent(Table, tablename="processed_events"):
     event_type = Varchar(length=255)
     source = Varchar(length=255)
     processing_status = Varchar(length=16)
+    processing_reason = Varchar(length=64, null=True, default=None)
     processing_error = Text(null=True, default=None)
     payload = JSONB()
     received_at = Timestamptz(default=TimestamptzNow())

@@ -40,7 +40,8 @@ from app.db import RETRYABLE_ERRORS, create_pool
 from app.process import stop_on_signals
 from app.redis_client import connect_redis
 from app.settings import Settings
-from outbox import ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS, NOTIFY_CHANNEL
+from outbox import NOTIFY_CHANNEL
+from outbox.streams import TRIMMED_STREAMS
 from outbox.writer import Connection
 from relay.leadership import Leadership
 from relay.publisher import GroupLoss, RedisLostData, RelayFenced, StreamPublisher
@@ -53,7 +54,6 @@ TERM_SEQUENCE: Final = "outbox_relay_terms"
 # The relay's pooled sessions (its batch transactions) are named with this prefix, so
 # that a new leader can end those of an earlier one.
 BATCH_SESSIONS: Final = "market-backend:outbox-relay-batch:"
-STREAMS: Final = (MARKETS_EVENTS, ENTITY_PERMISSIONS_EVENTS)  # trimmed even before a write
 # Approximate trimming leaves a stream up to a few of Redis's nodes (100 entries each)
 # over its length: only beyond this is a stream held back by a group.
 HELD_BACK_SLACK: Final = 1000
@@ -349,7 +349,7 @@ class OutboxRelay:
 
     async def _trim_streams(self) -> None:
         """Trim each stream towards its length; log what a group lost unread, with ids."""
-        for stream in sorted({*STREAMS, *self._streams_written}):
+        for stream in sorted({*TRIMMED_STREAMS, *self._streams_written}):
             try:
                 trimmed = await self._publisher.trim(stream)
             except redis.RedisError:

@@ -23,11 +23,10 @@ import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 
 from outbox.envelope import STREAM_FIELDS
-from outbox.streams import STREAMS_OF_OUR_GROUPS
+from outbox.streams import STREAMS_OF_OUR_GROUPS, lost_entries_key
 
 MARKER_KEY: Final = "market-backend:outbox-relay:marker"
 TERM_KEY: Final = "market-backend:outbox-relay:term"
-LOST_KEY_PREFIX: Final = "market-backend:stream-entries-lost:"
 # Entries one trim may remove: a stream far over its length comes back over several
 # seconds instead of holding Redis for one long script.
 TRIM_LIMIT: Final = 10_000
@@ -201,11 +200,6 @@ class Trimmed(msgspec.Struct, frozen=True):
     losses: list[GroupLoss]
 
 
-def lost_key(stream: str) -> str:
-    """The hash counting, per group, the entries of `stream` trimmed before it read them."""
-    return LOST_KEY_PREFIX + stream
-
-
 class StreamPublisher:
     def __init__(
         self,
@@ -253,7 +247,8 @@ class StreamPublisher:
         """Trim `stream` towards its length (acknowledged entries only, where that applies)."""
         mode = "acknowledged" if stream in self._acknowledged_only else "length"
         reply = await self._trim(
-            keys=[stream, lost_key(stream)], args=[self._maxlen_of(stream), TRIM_LIMIT, mode]
+            keys=[stream, lost_entries_key(stream)],
+            args=[self._maxlen_of(stream), TRIM_LIMIT, mode],
         )
         removed, first, length, *flat = (_text(item) for item in reply)
         losses = [GroupLoss(flat[n], int(flat[n + 1]), flat[n + 2]) for n in range(0, len(flat), 3)]

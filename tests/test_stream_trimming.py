@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
+
 from tests.support.flow import Flow, decision_event
 from tests.support.outbox import seed_outbox, wait_until
+from tests.support.processes import start_api
+from tests.test_operations import metric, scrape
 
 MARKETS = "markets:events"
 DECISIONS = "entity-permissions:events"
@@ -33,6 +37,12 @@ async def test_markets_events_keeps_its_length_and_counts_and_logs_what_a_group_
     assert lost == 5000 - length
     relay.wait_for_log(f"of {MARKETS} that group slow-reader had not read")
     relay.wait_for_log("make replay SINCE=")
+    process, api = start_api(flow.env(STREAM_MAXLEN=f"{MARKETS}=100"), flow.log_dir, "api-trim")
+    flow.processes.append(process)
+    async with httpx.AsyncClient(base_url=api) as http:
+        text = await scrape(http)
+    assert metric(text, "market_stream_entries_lost_total", group="slow-reader") == lost
+    assert metric(text, "market_stream_maxlen", stream=MARKETS) == 100
 
 
 async def test_trimming_deletes_no_decision_before_every_group_acknowledged_it(
@@ -63,3 +73,25 @@ async def test_trimming_deletes_no_decision_before_every_group_acknowledged_it(
     await wait_until(acknowledged_and_trimmed, 30, f"{DECISIONS} trimmed once acknowledged")
     assert not await flow.stream.exists(LOST + DECISIONS)
     relay.wait_for_log(f"{DECISIONS} is back within its length")
+
+
+async def test_pending_decisions_deleted_by_hand_are_logged_with_ids_and_counted(
+    flow: Flow,
+) -> None:
+    await flow.stream.xgroup_create(DECISIONS, "market-approvals", id="0", mkstream=True)
+    for n in range(3):
+        await flow.xadd_decision(decision_event(str(uuid.uuid4()), event_id=f"held-{n}"))
+    # A consumer that read them and died; then an operator deleted them.
+    held = await flow.stream.xreadgroup("market-approvals", "gone", {DECISIONS: ">"}, count=10)
+    ids = [entry_id for entry_id, _ in held[0][1]]
+    await flow.stream.xdel(DECISIONS, *ids)
+    _, api = flow.start_api()
+    consumer = flow.launch_consumer(CLAIM_IDLE_MS="200")
+
+    consumer.wait_for_log(f"3 entries pending in group market-approvals are gone from {DECISIONS}")
+    assert all(entry_id in consumer.log_text() for entry_id in ids)
+    assert await flow.stream.hget(LOST + DECISIONS, "market-approvals") == "3"
+    async with httpx.AsyncClient(base_url=api) as http:
+        text = await scrape(http)
+    lost = metric(text, "market_stream_entries_lost_total", stream=DECISIONS)
+    assert lost == 3

@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from app.approvals.domain import REFUSED_SKIPS
 from outbox.writer import Connection
 
 FAILED_RATE_THRESHOLD = 5.0  # percent, over the last hour
@@ -68,26 +69,29 @@ async def stats(connection: Connection) -> Stats:
 
 
 async def alerts(connection: Connection, *, polling_enabled: bool) -> list[Alert]:
-    """The seed's three rules, each with whether it fires now."""
+    """The seed's three rules, each with whether it fires now (as deploy/prometheus/
+    alerts.yml evaluates them: a refusal counts as a failure)."""
     row = await connection.fetchrow(
         """
         SELECT count(*) FILTER (WHERE received_at >= now() - interval '1 hour') AS hour,
                count(*) FILTER (WHERE received_at >= now() - interval '1 hour'
-                                  AND processing_status = 'failed') AS failed_hour,
+                                  AND (processing_status = 'failed'
+                                       OR processing_reason = ANY($1::text[]))) AS refused_hour,
                count(*) FILTER (WHERE received_at >= now() - interval '30 minutes') AS recent,
                count(*) AS day
         FROM processed_events WHERE received_at >= now() - interval '24 hours'
-        """
+        """,
+        sorted(REFUSED_SKIPS),
     )
     assert row is not None
-    rate = 100 * row["failed_hour"] / row["hour"] if row["hour"] else 0.0
+    rate = 100 * row["refused_hour"] / row["hour"] if row["hour"] else 0.0
     return [
         Alert(
             name="FailedEventRateHigh",
             severity="critical",
             firing=rate > FAILED_RATE_THRESHOLD,
-            summary=f"{rate:.1f}% of the last hour's {row['hour']} events failed "
-            f"(threshold {FAILED_RATE_THRESHOLD:g}%)",
+            summary=f"{rate:.1f}% of the last hour's {row['hour']} events failed or were "
+            f"refused (threshold {FAILED_RATE_THRESHOLD:g}%)",
         ),
         Alert(
             name="NoEventsReceived",

@@ -23,8 +23,8 @@ import msgspec
 import redis.asyncio as redis
 
 from app.approvals import service
-from app.approvals.domain import Status
-from app.approvals.service import Delivery
+from app.approvals.domain import REFUSALS, Reason, Status
+from app.approvals.service import Delivery, Outcome
 from app.backoff import Backoff
 from app.db import RETRYABLE_ERRORS, UNAVAILABLE_ERRORS, create_pool, storable
 from app.inbound.events import UnreadableEntry, read_stream_entry
@@ -34,6 +34,7 @@ from app.redis_client import connect_redis, read_group
 from app.settings import Settings
 from app.unit_of_work import UnitOfWork
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, EventEnvelope
+from outbox.streams import lost_entries_key
 
 log = logging.getLogger("approvals.consumer")
 
@@ -157,10 +158,26 @@ class ApprovalConsumer:
         )
         self._claim_cursor = cursor
         if deleted:
-            log.warning("%d pending entries had been trimmed from the stream", len(deleted))
+            await self._count_lost(deleted)
         entries = [Entry(entry_id, fields or None) for entry_id, fields in messages]
         await self._count_deliveries(entries)
         return entries
+
+    async def _count_lost(self, entry_ids: list[str]) -> None:
+        """Pending entries gone from the stream (deleted by hand: trimming never removes
+        what a group of ours has not acknowledged). Their decisions are still in the
+        outbox, for as long as its retention keeps them."""
+        log.error(
+            "%d entries pending in group %s are gone from %s, unapplied: %s; re-publish "
+            "them from the outbox (make replay SINCE=... STREAM=%s)",
+            len(entry_ids),
+            GROUP,
+            STREAM,
+            " ".join(entry_ids),
+            STREAM,
+            extra={"lost": len(entry_ids)},
+        )
+        await self._redis.hincrby(lost_entries_key(STREAM), GROUP, len(entry_ids))
 
     async def _count_deliveries(self, entries: list[Entry]) -> None:
         if not entries:
@@ -180,18 +197,21 @@ class ApprovalConsumer:
 
     async def _process(self, entries: list[Entry]) -> None:
         """Apply a batch: groups of markets in parallel, each market's entries in order."""
-        done: list[str] = []
+        gone = [entry.id for entry in entries if entry.fields is None]
+        if gone:
+            await self._count_lost(gone)
+        done: list[str] = list(gone)  # acknowledged: nothing is left to apply
         readable: list[tuple[Entry, Delivery]] = []
         for entry in entries:
             if entry.fields is None:
-                log.warning("entry %s is gone from the stream; acknowledging it", entry.id)
-                done.append(entry.id)
                 continue
             try:
                 envelope = read_stream_entry(entry.fields)
             except UnreadableEntry as error:
                 delivery = Delivery(_unreadable(entry, error), entry.deliveries)
-                if await self._record_failure(delivery, UNREADABLE_ENTRY + printable(str(error))):
+                if await self._record_failure(
+                    delivery, Reason.UNREADABLE, UNREADABLE_ENTRY + printable(str(error))
+                ):
                     done.append(entry.id)
                 continue
             readable.append((entry, Delivery(envelope, entry.deliveries)))
@@ -210,14 +230,15 @@ class ApprovalConsumer:
         Should the transaction fail for a reason other than the database being away, the
         entries are applied one by one, to set aside the one that fails.
         """
+        deliveries = [delivery for _, delivery in items]
         try:
-            statuses = await self._retrying([d for _, d in items])
+            outcomes = await self._retrying(deliveries)
         except Exception as error:
             log.debug("batch of %d failed (%r); applying one by one", len(items), error)
             return await self._apply_one_by_one(items)
-        if statuses is None:
+        if outcomes is None:
             return []  # stopping: left pending for the next consumer
-        self._count(statuses)
+        self._report(deliveries, outcomes)
         return [entry.id for entry, _ in items]
 
     async def _apply_one_by_one(self, items: list[tuple[Entry, Delivery]]) -> list[str]:
@@ -228,34 +249,40 @@ class ApprovalConsumer:
             if market in blocked:
                 continue
             try:
-                statuses = await self._retrying([delivery])
+                outcomes = await self._retrying([delivery])
             except Exception as error:
                 if await self._poisoned(entry, delivery, error):
                     acked.append(entry.id)
                 else:
                     blocked.add(market)
                 continue
-            if statuses is None:
+            if outcomes is None:
                 break
-            self._count(statuses)
+            self._report([delivery], outcomes)
             acked.append(entry.id)
         return acked
 
-    async def _retrying(self, deliveries: list[Delivery]) -> list[Status | None] | None:
+    async def _retrying(self, deliveries: list[Delivery]) -> list[Outcome | None] | None:
         """apply_events, retried in place while PostgreSQL is away; None when stopping."""
         while not self._stop.is_set():
             try:
-                statuses = await service.apply_events(UnitOfWork(self._pool), deliveries)
+                outcomes = await service.apply_events(UnitOfWork(self._pool), deliveries)
             except RETRY_IN_PLACE as error:
                 await self._postgres_backoff.wait_after(error, self._stop)
                 continue
             self._postgres_backoff.succeeded()
-            return statuses
+            return outcomes
         return None
 
-    def _count(self, statuses: list[Status | None]) -> None:
-        for status in statuses:
-            self.applied["duplicate" if status is None else status.value] += 1
+    def _report(self, deliveries: list[Delivery], outcomes: list[Outcome | None]) -> None:
+        """Count what became of each event; log each refusal, once (duplicates have none)."""
+        for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            if outcome is None:
+                self.applied["duplicate"] += 1
+                continue
+            self.applied[outcome.status.value] += 1
+            if outcome.reason is not None:
+                log_not_applied(delivery.envelope, outcome.status, outcome.reason, outcome.error)
 
     async def _poisoned(self, entry: Entry, delivery: Delivery, error: Exception) -> bool:
         """An entry failed: True once it is dead-lettered (then it may be acknowledged)."""
@@ -279,7 +306,7 @@ class ApprovalConsumer:
         except redis.RedisError as unavailable:
             log.warning("could not dead-letter %s yet: %r", entry.id, unavailable)
             return False  # still pending: dead-lettered on a later delivery
-        return await self._record_failure(delivery, reason)
+        return await self._record_failure(delivery, Reason.DEAD_LETTERED, reason)
 
     async def _dead_letter(self, entry: Entry, reason: str) -> None:
         fields: dict[Any, Any] = {
@@ -294,15 +321,19 @@ class ApprovalConsumer:
             "entry %s dead-lettered after %d deliveries: %s", entry.id, entry.deliveries, reason
         )
 
-    async def _record_failure(self, delivery: Delivery, reason: str) -> bool:
+    async def _record_failure(self, delivery: Delivery, reason: Reason, error: str) -> bool:
         clean = Delivery(storable(delivery.envelope, EventEnvelope), delivery.attempts)
         while not self._stop.is_set():
             try:
-                await service.record_failure(UnitOfWork(self._pool), clean, reason)
-            except RETRYABLE_ERRORS as error:
-                await self._postgres_backoff.wait_after(error, self._stop)
+                recorded = await service.record_failure(
+                    UnitOfWork(self._pool), clean, reason, error
+                )
+            except RETRYABLE_ERRORS as unavailable:
+                await self._postgres_backoff.wait_after(unavailable, self._stop)
                 continue
             self.applied["failed"] += 1
+            if recorded:
+                log_not_applied(clean.envelope, Status.FAILED, reason, error)
             return True
         return False
 
@@ -314,6 +345,27 @@ class ApprovalConsumer:
         except redis.RedisError as error:
             # Not acknowledged: redelivered later, then dropped as duplicates.
             log.warning("could not acknowledge %d entries: %r", len(ids), error)
+
+
+def log_not_applied(
+    envelope: EventEnvelope, status: Status, reason: Reason, error: str | None
+) -> None:
+    """One line per event recorded without being applied: WARNING for a refusal (an
+    approver may be waiting on it), INFO for an event that asks nothing of us."""
+    log.log(
+        logging.WARNING if reason in REFUSALS else logging.INFO,
+        "event %s for market %s recorded %s (%s): %s",
+        envelope.event_id,
+        envelope.aggregate_id,
+        status.value,
+        reason.value,
+        error,
+        extra={
+            "event_id": envelope.event_id,
+            "market_id": envelope.aggregate_id,
+            "reason": reason.value,
+        },
+    )
 
 
 def transaction_groups(entries: int, concurrency: int) -> int:

@@ -2,7 +2,10 @@
 
 Each inbound event ends in one of the seed's statuses: `success` (the market changed),
 `skipped` (nothing to change: already decided, or an event type we do not act on) or
-`failed` (it cannot be applied: invalid payload, unknown market).
+`failed` (it cannot be applied: invalid payload, unknown market), and, when it was not
+applied, a Reason. A refusal is a decision we would not apply: every `failed`, and a
+decision for a market already decided. An approver may be waiting on it, so each is
+logged and counted, and the failed-events alert counts them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,28 @@ class Status(enum.StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     SKIPPED = "skipped"
+
+
+class Reason(enum.StrEnum):
+    """Why an inbound event was not applied (processed_events.processing_reason)."""
+
+    UNKNOWN_MARKET = "unknown_market"
+    ENTITY_MISMATCH = "entity_mismatch"  # the decision's entity_id is not the market's
+    INVALID_PAYLOAD = "invalid_payload"
+    UNREADABLE = "unreadable"  # not an event at all (a feed document, a stream entry)
+    DEAD_LETTERED = "dead_lettered"  # failed MAX_DELIVERIES times
+    ALREADY_DECIDED = "already_decided"
+    APPROVAL_AFTER_REJECTION = "approval_after_rejection"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"  # recorded for the audit, nothing to do
+
+
+# Decisions recorded `skipped` that we refused: the market was already decided.
+REFUSED_SKIPS: frozenset[Reason] = frozenset(
+    {Reason.ALREADY_DECIDED, Reason.APPROVAL_AFTER_REJECTION}
+)
+# Events we refused to apply (every `failed` one, and the refused skips), as opposed to
+# events that ask nothing of us.
+REFUSALS: frozenset[Reason] = frozenset(Reason) - {Reason.UNKNOWN_EVENT_TYPE}
 
 
 class DecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +77,7 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
 
     status: Status
     error: str | None = None
+    reason: Reason | None = None
     market: Market | None = None
     events: list[EventEnvelope] = msgspec.field(default_factory=list)
 
@@ -91,11 +117,20 @@ def decide(decision: Decision, market: Market, asset: Asset, now: datetime) -> V
         return Verdict(
             status=Status.FAILED,
             error=f"entity_id {decision.entity_id} is not the market's ({market.entity_id})",
+            reason=Reason.ENTITY_MISMATCH,
         )
     if market.status == MarketStatus.REJECTED and decision.approved:
-        return Verdict(status=Status.SKIPPED, error="approval after rejection: market rejected")
+        return Verdict(
+            status=Status.SKIPPED,
+            error="approval after rejection: market rejected",
+            reason=Reason.APPROVAL_AFTER_REJECTION,
+        )
     if market.status != MarketStatus.PENDING_APPROVAL:
-        return Verdict(status=Status.SKIPPED, error=f"market already decided: {market.status}")
+        return Verdict(
+            status=Status.SKIPPED,
+            error=f"market already decided: {market.status}",
+            reason=Reason.ALREADY_DECIDED,
+        )
     decided = msgspec.structs.replace(
         market,
         status=MarketStatus.ACTIVE if decision.approved else MarketStatus.REJECTED,

@@ -13,15 +13,15 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from app.approvals.domain import Status
+from app.approvals.domain import Reason, Status
 from app.db import delete_in_batches
 from outbox.writer import Connection
 
 _encode = msgspec.json.Encoder().encode
 
 _COLUMNS = (
-    "event_id, event_type, source, processing_status, processing_error, payload, "
-    "received_at, processed_at, attempts"
+    "event_id, event_type, source, processing_status, processing_reason, processing_error, "
+    "payload, received_at, processed_at, attempts"
 )
 
 
@@ -30,6 +30,7 @@ class ProcessedEvent(msgspec.Struct, frozen=True, kw_only=True):
     event_type: str
     source: str
     processing_status: Status
+    processing_reason: Reason | None
     processing_error: str | None
     payload: dict[str, Any]
     received_at: datetime
@@ -46,6 +47,7 @@ class ProcessedEventRow(msgspec.Struct, frozen=True, kw_only=True):
     status: Status
     error: str | None
     payload: dict[str, Any]
+    reason: Reason | None = None
     attempts: int = 1
     received_at: datetime | None = None  # default: now
 
@@ -79,14 +81,14 @@ class ProcessedEventRepository:
         inserted = await self._db.fetch(
             """
             INSERT INTO processed_events (event_id, event_type, source, processing_status,
-                                          processing_error, payload, received_at,
-                                          processed_at, attempts)
-            SELECT r.event_id, r.event_type, r.source, r.status, r.error, r.payload::jsonb,
-                   coalesce(r.received_at, now()), now(), r.attempts
+                                          processing_reason, processing_error, payload,
+                                          received_at, processed_at, attempts)
+            SELECT r.event_id, r.event_type, r.source, r.status, r.reason, r.error,
+                   r.payload::jsonb, coalesce(r.received_at, now()), now(), r.attempts
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                        $6::text[], $7::timestamptz[], $8::int[]) WITH ORDINALITY
+                        $6::text[], $7::timestamptz[], $8::int[], $9::text[]) WITH ORDINALITY
                  AS r(event_id, event_type, source, status, error, payload, received_at,
-                      attempts, position)
+                      attempts, reason, position)
             ORDER BY r.position
             ON CONFLICT (event_id) DO NOTHING
             RETURNING event_id
@@ -99,6 +101,7 @@ class ProcessedEventRepository:
             [_encode(row.payload).decode() for row in ordered],
             [row.received_at for row in ordered],
             [row.attempts for row in ordered],
+            [row.reason for row in ordered],
         )
         return {record["event_id"] for record in inserted}
 

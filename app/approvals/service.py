@@ -20,6 +20,7 @@ import msgspec
 from app.approvals.domain import (
     Decision,
     InvalidDecision,
+    Reason,
     Status,
     Verdict,
     decide,
@@ -39,24 +40,34 @@ class Delivery(msgspec.Struct, frozen=True):
     attempts: int = 1
 
 
+class Outcome(msgspec.Struct, frozen=True):
+    """What became of an event applied now (a duplicate has none): its status and, when
+    it was not applied, why."""
+
+    status: Status
+    reason: Reason | None = None
+    error: str | None = None
+
+
 class ConcurrentlyRecorded(Exception):
     """An event judged `success` was recorded by another transaction meanwhile: retry."""
 
 
-async def apply_events(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> list[Status | None]:
-    """Apply each delivery at most once, in order; per delivery its status, None if a duplicate."""
+async def apply_events(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> list[Outcome | None]:
+    """Apply each delivery at most once, in order; per delivery its outcome, None if a
+    duplicate."""
     unique: dict[str, Delivery] = {}
     for delivery in deliveries:
         unique.setdefault(delivery.envelope.event_id, delivery)
-    statuses = await _apply_unique(uow, list(unique.values()))
-    results: list[Status | None] = []
+    outcomes = await _apply_unique(uow, list(unique.values()))
+    results: list[Outcome | None] = []
     for delivery in deliveries:
         # A copy later in the same batch is a duplicate like any other.
-        results.append(statuses.pop(delivery.envelope.event_id, None))
+        results.append(outcomes.pop(delivery.envelope.event_id, None))
     return results
 
 
-async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str, Status | None]:
+async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str, Outcome | None]:
     async with uow:
         judged = [_read(delivery.envelope) for delivery in deliveries]
         market_ids = sorted({d.market_id for d in judged if isinstance(d, Decision)})
@@ -90,7 +101,7 @@ async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str
                 for delivery, verdict in zip(deliveries, verdicts, strict=True)
             ]
         )
-        statuses: dict[str, Status | None] = dict.fromkeys(seen)
+        outcomes: dict[str, Outcome | None] = dict.fromkeys(seen)
         changed: dict[uuid.UUID, Market] = {}
         approvals: list[tuple[uuid.UUID, ApprovalRecord]] = []
         events: list[EventEnvelope] = []
@@ -101,9 +112,9 @@ async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str
                     # Recorded meanwhile without the market's lock (a dead-letter record):
                     # the fold above is stale, so start again.
                     raise ConcurrentlyRecorded(event_id)
-                statuses[event_id] = None
+                outcomes[event_id] = None
                 continue
-            statuses[event_id] = verdict.status
+            outcomes[event_id] = Outcome(verdict.status, verdict.reason, verdict.error)
             if verdict.market is not None and isinstance(item, Decision):
                 changed[verdict.market.id] = verdict.market
                 approvals.append((verdict.market.id, _approval(item, verdict.market)))
@@ -113,13 +124,14 @@ async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str
             await uow.markets.record_approvals(approvals)
             await uow.enqueue(MARKETS_EVENTS, events)
         await uow.commit()
-    return statuses
+    return outcomes
 
 
-async def record_failure(uow: UnitOfWork, delivery: Delivery, error: str) -> bool:
-    """Record an event that could not be applied (dead-lettered); False if already recorded."""
+async def record_failure(uow: UnitOfWork, delivery: Delivery, reason: Reason, error: str) -> bool:
+    """Record an event that could not be applied (unreadable, dead-lettered); False if
+    already recorded."""
     async with uow:
-        row = _row(delivery, Verdict(status=Status.FAILED, error=error))
+        row = _row(delivery, Verdict(status=Status.FAILED, error=error, reason=reason))
         recorded = await uow.processed_events.record_processed_events([row])
         await uow.commit()
     return bool(recorded)
@@ -135,16 +147,24 @@ def _read(envelope: EventEnvelope) -> Decision | Verdict:
     try:
         decision = read_decision(envelope)
     except InvalidDecision as invalid:
-        return Verdict(status=Status.FAILED, error=str(invalid))
+        return Verdict(status=Status.FAILED, error=str(invalid), reason=Reason.INVALID_PAYLOAD)
     if decision is None:
-        return Verdict(status=Status.SKIPPED, error=f"unknown event type {envelope.event_type!r}")
+        return Verdict(
+            status=Status.SKIPPED,
+            error=f"unknown event type {envelope.event_type!r}",
+            reason=Reason.UNKNOWN_EVENT_TYPE,
+        )
     return decision
 
 
 def _judge(decision: Decision, markets: dict[uuid.UUID, Registration], now: datetime) -> Verdict:
     registration = markets.get(decision.market_id)
     if registration is None:
-        return Verdict(status=Status.FAILED, error=f"unknown market {decision.market_id}")
+        return Verdict(
+            status=Status.FAILED,
+            error=f"unknown market {decision.market_id}",
+            reason=Reason.UNKNOWN_MARKET,
+        )
     return decide(decision, registration.market, registration.asset, now)
 
 
@@ -156,6 +176,7 @@ def _row(delivery: Delivery, verdict: Verdict) -> ProcessedEventRow:
         source=envelope.source,
         status=verdict.status,
         error=verdict.error,
+        reason=verdict.reason,
         payload=audit_payload(envelope),
         attempts=delivery.attempts,
     )

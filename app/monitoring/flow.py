@@ -31,6 +31,7 @@ import redis.asyncio as redis
 from app.logging import DependencyLog
 from app.monitoring.single_flight import SharedRefresh
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
+from outbox.streams import lost_entries_key
 from outbox.writer import Connection
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class PostgresFigures(msgspec.Struct, kw_only=True):
     outbox_oldest_age_s: float = 0.0
     processed: dict[tuple[str, str, str], int] = msgspec.field(default_factory=dict)
     recent: dict[tuple[str, str], int] = msgspec.field(default_factory=dict)
+    # Events recorded without being applied, by (reason, window).
+    not_applied: dict[tuple[str, str], int] = msgspec.field(default_factory=dict)
     latency_buckets: list[int] = msgspec.field(default_factory=list)  # cumulative
     latency_count: int = 0
     latency_sum_s: float = 0.0
@@ -83,6 +86,8 @@ class PostgresFigures(msgspec.Struct, kw_only=True):
 class RedisFigures(msgspec.Struct, kw_only=True):
     stream_lengths: dict[str, int] = msgspec.field(default_factory=dict)
     groups: list[GroupState] = msgspec.field(default_factory=list)
+    # Entries trimmed before a group read them, by (stream, group), since Redis started.
+    lost: dict[tuple[str, str], int] = msgspec.field(default_factory=dict)
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -177,12 +182,15 @@ async def _query_postgres(connection: Connection, figures: PostgresFigures) -> N
     for window, interval in WINDOWS.items():
         for record in await connection.fetch(
             """
-            SELECT processing_status, count(*) AS n FROM processed_events
-            WHERE received_at >= now() - $1::text::interval GROUP BY 1
+            SELECT processing_status, processing_reason, count(*) AS n FROM processed_events
+            WHERE received_at >= now() - $1::text::interval GROUP BY 1, 2
             """,
             interval,
         ):
-            figures.recent[(record["processing_status"], window)] = record["n"]
+            status = (record["processing_status"], window)
+            figures.recent[status] = figures.recent.get(status, 0) + record["n"]
+            if record["processing_reason"] is not None:
+                figures.not_applied[(record["processing_reason"], window)] = record["n"]
     latency = await connection.fetchrow(
         """
         WITH latencies AS (
@@ -241,6 +249,8 @@ async def read_redis(client: redis.Redis) -> RedisFigures:
                     consumers_idle_s={_text(c["name"]): int(c["idle"]) / 1000 for c in consumers},
                 )
             )
+        for reader, count in (await client.hgetall(lost_entries_key(stream))).items():
+            figures.lost[(stream, _text(reader))] = int(count)
     return figures
 
 

@@ -13,10 +13,15 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.plugins.prometheus import PrometheusConfig
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+)
 from prometheus_client.registry import Collector
 
-from app.monitoring.flow import LATENCY_BUCKETS, FlowMonitor, Snapshot
+from app.approvals.domain import REFUSALS
+from app.monitoring.flow import LATENCY_BUCKETS, WINDOWS, FlowMonitor, Snapshot
 
 PREFIX = "market"
 HTTP_METRICS = PrometheusConfig(app_name="market-backend", prefix=PREFIX, group_path=True)
@@ -28,6 +33,7 @@ class FlowCollector(Collector):
     def __init__(self) -> None:
         self.snapshot = Snapshot()
         self.polling_enabled = False
+        self.stream_maxlen: dict[str, int] = {}  # from the settings, set by create_app
 
     def collect(self) -> Iterator[Any]:
         yield from self._dependencies(self.snapshot)
@@ -82,9 +88,19 @@ class FlowCollector(Collector):
             labels=["status", "window"],
         )
         for status in ("success", "failed", "skipped"):
-            for window in ("30m", "1h", "24h"):
+            for window in WINDOWS:
                 recent.add_metric([status, window], s.recent.get((status, window), 0))
         yield recent
+        refused = GaugeMetricFamily(
+            f"{PREFIX}_decisions_refused_recent",
+            "Inbound events refused within a window (recorded failed, or a decision for a "
+            "market already decided), by reason",
+            labels=["reason", "window"],
+        )
+        for reason in sorted(REFUSALS):
+            for window in WINDOWS:
+                refused.add_metric([reason, window], s.not_applied.get((reason, window), 0))
+        yield refused
         buckets = [
             (str(bound), count)
             for bound, count in zip(LATENCY_BUCKETS, s.latency_buckets, strict=False)
@@ -136,14 +152,29 @@ class FlowCollector(Collector):
             "Since a consumer last read (its liveness)",
             labels=["stream", "group", "consumer"],
         )
+        maxlen = GaugeMetricFamily(
+            f"{PREFIX}_stream_maxlen",
+            "The length a stream is trimmed to (STREAM_MAXLEN; a stream our own groups read "
+            "is trimmed only below what they acknowledged, and may hold more)",
+            labels=["stream"],
+        )
+        lost = CounterMetricFamily(
+            f"{PREFIX}_stream_entries_lost",
+            "Entries trimmed from a stream before a group read them (since Redis started)",
+            labels=["stream", "group"],
+        )
         for stream, entries in s.stream_lengths.items():
             length.add_metric([stream], entries)
+        for stream, limit in self.stream_maxlen.items():
+            maxlen.add_metric([stream], limit)
         for group in s.groups:
             lag.add_metric([group.stream, group.group], group.lag)
             pending.add_metric([group.stream, group.group], group.pending)
             for consumer, seconds in group.consumers_idle_s.items():
                 idle.add_metric([group.stream, group.group, consumer], seconds)
-        yield from (length, lag, pending, idle)
+        for (stream, group_name), count in s.lost.items():
+            lost.add_metric([stream, group_name], count)
+        yield from (length, maxlen, lag, pending, idle, lost)
 
 
 FLOW = FlowCollector()
