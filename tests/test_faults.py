@@ -12,21 +12,25 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as redis
 
-from tests.conftest import TABLES
+from outbox import ENTITY_PERMISSIONS_EVENTS
+from tests.conftest import TABLES, run_migrations
+from tests.support import netns
 from tests.support.load import SteadyLoad
+from tests.support.netns import TAKEOVER_BOUND_S, IsolatedHost
 from tests.support.outbox import wait_until
 from tests.support.postgres_server import PostgresServer
 from tests.support.redis_server import RedisServer
+from tests.support.relays import end_lock_session, pause_between_read_and_append
 from tests.support.stack import CONSUMERS, Stack
-from tests.support.tally import count_everything, settled
+from tests.support.tally import CONSUMER_GROUP, count_everything, settled
 from tests.test_polling import set_faults
 
 WORKERS = ("api", "relay", *CONSUMERS, "poller")
@@ -42,6 +46,7 @@ class Target:
     redis_server: RedisServer
     postgres: PostgresServer
     rng: random.Random
+    isolated: IsolatedHost | None = None
 
 
 Inject = Callable[[Target], Awaitable[None]]
@@ -94,6 +99,57 @@ async def fail_epc(target: Target) -> None:
     await set_faults(target.stack.epc_url)
 
 
+# More decisions than one node of a stream (100 entries) holds: with the stream's
+# length at 1, trimming that ignored the consumer group would drop most of them.
+OUTLASTING_ENTRIES = 120
+
+
+async def stop_consumers_until_the_stream_outlasts_its_length(target: Target) -> None:
+    """Both consumers down while more decisions arrive than the stream's length."""
+    for name in CONSUMERS:
+        await asyncio.to_thread(target.stack.stop, name)
+    client = redis.Redis.from_url(target.redis_server.url, decode_responses=True)
+    try:
+
+        async def outlasted() -> bool:
+            groups = await client.xinfo_groups(ENTITY_PERMISSIONS_EVENTS)
+            lag = sum(g["lag"] or 0 for g in groups if g["name"] == CONSUMER_GROUP)
+            return bool(lag >= OUTLASTING_ENTRIES)
+
+        await wait_until(outlasted, 30, f"{OUTLASTING_ENTRIES} decisions unread")
+    finally:
+        await client.aclose()
+    for name in CONSUMERS:
+        await asyncio.to_thread(target.stack.start, name)
+
+
+async def pause_the_leading_relay_past_its_lock(target: Target) -> None:
+    """The leader paused holding a batch, its lock session ended, the standby leading;
+    then the old leader wakes and tries to append what it held: refused (fenced)."""
+    leader = target.stack.processes["relay"]
+    standby = target.stack.processes["relay-standby"]
+    db = await asyncpg.connect(target.postgres.url)
+    try:
+        await pause_between_read_and_append(db, leader.process)
+        taking_over = len(standby.log_text())
+        await end_lock_session(db, leader.process.pid)
+    finally:
+        await db.close()
+    await asyncio.to_thread(standby.wait_for_log, "claimed", 30, taking_over)
+    resumed = len(leader.log_text())
+    os.kill(leader.process.pid, signal.SIGCONT)
+    await asyncio.to_thread(leader.wait_for_log, "fenced off: FENCED", 30, resumed)
+
+
+async def cut_off_the_leading_relays_host(target: Target) -> None:
+    """The leader's host vanishes; the standby leads within the README's bound."""
+    assert target.isolated is not None
+    standby = target.stack.processes["relay"]
+    cut_at = len(standby.log_text())
+    target.isolated.cut()
+    await asyncio.to_thread(standby.wait_for_log, "leading", TAKEOVER_BOUND_S, cut_at)
+
+
 @dataclass(frozen=True)
 class Fault:
     inject: Inject
@@ -101,6 +157,16 @@ class Fault:
     # False: the simulator pushes no webhook, so every decision must come through the
     # poller; a fault of the polling path cannot hide behind the webhook.
     webhook: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+    standby_relay: bool = False
+    isolated_relay: bool = False  # the leading relay on a host of its own (network namespace)
+    early: bool = False  # strike in the first seconds, so the fault outlasts the load
+
+    @property
+    def trimmed(self) -> tuple[str, ...]:
+        """Streams given a STREAM_MAXLEN short enough to be trimmed during the run."""
+        pairs = self.env.get("STREAM_MAXLEN", "").split()
+        return tuple(pair.rpartition("=")[0] for pair in pairs)
 
 
 FAULTS = {
@@ -115,12 +181,54 @@ FAULTS = {
     "rolling-sigterm": Fault(
         restart(lambda rng: rng.choice(WORKERS), signal.SIGTERM), strikes=3, webhook=False
     ),
+    "consumers-outlast-the-stream": Fault(
+        stop_consumers_until_the_stream_outlasts_its_length,
+        strikes=1,
+        env={"STREAM_MAXLEN": f"{ENTITY_PERMISSIONS_EVENTS}=1"},
+        early=True,
+    ),
+    "relay-paused-past-its-lock": Fault(
+        pause_the_leading_relay_past_its_lock, strikes=1, standby_relay=True
+    ),
+    "relay-host-vanished": Fault(cut_off_the_leading_relays_host, strikes=1, isolated_relay=True),
 }
+
+
+@pytest.fixture(scope="module")
+def isolated_host() -> Iterator[IsolatedHost | None]:
+    """A host of the matrix's own for a relay to vanish from (None: no namespaces here)."""
+    if not netns.available():
+        yield None
+        return
+    host = IsolatedHost()
+    host.create()
+    try:
+        yield host
+    finally:
+        host.destroy()
+
+
+@pytest.fixture(scope="module")
+async def own_postgres(isolated_host: IsolatedHost | None) -> AsyncIterator[PostgresServer]:
+    """The matrix's PostgreSQL, reachable from the isolated host too."""
+    if isolated_host is None:
+        server = PostgresServer()
+    else:
+        server = PostgresServer(
+            listen=f"127.0.0.1,{isolated_host.host_address}",
+            trusted_networks=(isolated_host.network,),
+        )
+    await server.start()
+    run_migrations(server.url)
+    try:
+        yield server
+    finally:
+        server.destroy()
 
 
 @pytest.fixture
 async def servers(
-    own_postgres: PostgresServer,
+    own_postgres: PostgresServer, isolated_host: IsolatedHost | None
 ) -> AsyncIterator[tuple[PostgresServer, RedisServer]]:
     """The matrix's PostgreSQL, emptied, and a Redis server of the test's own."""
     connection = await asyncpg.connect(own_postgres.url)
@@ -128,33 +236,52 @@ async def servers(
         await connection.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
     finally:
         await connection.close()
-    redis_server = RedisServer()
+    bind = "127.0.0.1" if isolated_host is None else f"127.0.0.1 {isolated_host.host_address}"
+    redis_server = RedisServer(bind=bind)
     redis_server.start()
     try:
         yield own_postgres, redis_server
     finally:
-        redis_server.stop()
+        redis_server.destroy()
 
 
 async def strike(fault: Fault, target: Target) -> None:
     """The fault, `strikes` times, each at a random point of the load."""
     started = time.monotonic()
-    for at in sorted(target.rng.uniform(1.0, LOAD_S - 1.0) for _ in range(fault.strikes)):
+    window = (0.5, 1.5) if fault.early else (1.0, LOAD_S - 1.0)
+    for at in sorted(target.rng.uniform(*window) for _ in range(fault.strikes)):
         await asyncio.sleep(max(0.0, started + at - time.monotonic()))
         await fault.inject(target)
 
 
 @pytest.mark.parametrize("name", FAULTS)
 async def test_nothing_is_lost_under_load_when(
-    name: str, servers: tuple[PostgresServer, RedisServer], log_dir: Path
+    name: str,
+    servers: tuple[PostgresServer, RedisServer],
+    isolated_host: IsolatedHost | None,
+    log_dir: Path,
 ) -> None:
     fault = FAULTS[name]
+    if fault.isolated_relay and isolated_host is None:
+        pytest.skip("needs root and iproute2 for a network namespace")
     postgres, redis_server = servers
     seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 2**32))
     print(f"FAULT_SEED={seed}")
     (log_dir / name).mkdir(exist_ok=True)
-    stack = Stack(postgres.url, redis_server.url, log_dir / name, webhook=fault.webhook)
-    target = Target(stack, redis_server, postgres, random.Random(seed))
+    isolated = isolated_host if fault.isolated_relay else None
+    if isolated is not None:
+        isolated.destroy()  # a fresh link: an earlier case may have cut it
+        isolated.create()
+    stack = Stack(
+        postgres.url,
+        redis_server.url,
+        log_dir / name,
+        webhook=fault.webhook,
+        env=fault.env,
+        standby_relay=fault.standby_relay,
+        isolated=isolated,
+    )
+    target = Target(stack, redis_server, postgres, random.Random(seed), isolated)
     load = SteadyLoad(
         stack.api_url, stack.epc_url, target.rng, registrations_per_s=REGISTRATIONS_PER_S
     )
@@ -173,7 +300,7 @@ async def test_nothing_is_lost_under_load_when(
             await wait_until(done, 120, "every decision applied and every row published")
         except AssertionError as error:
             raise AssertionError(f"{error}\n{stack.log_tails()}") from None
-        tally = await count_everything(db, client, load.accepted)
+        tally = await count_everything(db, client, load.accepted, trimmed=fault.trimmed)
     finally:
         stack.stop_all()
         await load.aclose()

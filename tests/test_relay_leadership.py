@@ -11,17 +11,15 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 from collections.abc import AsyncIterator
 
 import asyncpg
 
 from tests.support.flow import Flow
 from tests.support.outbox import seed_outbox, unpublished, wait_until
-from tests.support.processes import ManagedProcess
+from tests.support.relays import end_lock_session, pause_between_read_and_append, published_more
 
 STREAM = "markets:events"
-LOCK_SESSIONS = "market-backend:outbox-relay:"
 BATCH_SESSIONS = "market-backend:outbox-relay-batch:"
 
 
@@ -103,31 +101,6 @@ async def test_refill_race_a_redis_restored_from_an_older_snapshot_under_load_ke
     await flow.check()
 
 
-async def batch_sessions(db: asyncpg.Connection, relay: ManagedProcess, condition: str) -> int:
-    """How many of `relay`'s batch sessions meet `condition` (on pg_stat_activity)."""
-    count: int = await db.fetchval(
-        f"""
-        SELECT count(*) FROM pg_stat_activity
-        WHERE application_name LIKE $1 || $2::text || ':%' AND {condition}
-        """,
-        BATCH_SESSIONS,
-        str(relay.process.pid),
-    )
-    return count
-
-
-async def end_lock_session(db: asyncpg.Connection, relay: ManagedProcess) -> None:
-    """What a network blip or a server-side time-out does to the leader's lock session."""
-    ended = await db.fetchval(
-        """
-        SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-        WHERE application_name = $1
-        """,
-        f"{LOCK_SESSIONS}{socket.gethostname()}:{relay.process.pid}"[:63],
-    )
-    assert ended == 1
-
-
 async def test_two_leaders_for_a_moment_the_paused_leaders_late_append_is_refused(
     flow: Flow,
 ) -> None:
@@ -139,25 +112,10 @@ async def test_two_leaders_for_a_moment_the_paused_leaders_late_append_is_refuse
     standby.wait_for_log("waiting as standby")
     await published_more(flow.db, than=100_000)
 
-    # Catch the leader between reading a batch and appending it: hold its next read
-    # behind a table lock, pause it, let the read complete (the rows are in its socket),
-    # and only then end its lock session.
-    async with flow.db.transaction():
-        await flow.db.execute("LOCK TABLE outbox IN EXCLUSIVE MODE")
-        await wait_until(
-            lambda: batch_sessions(flow.db, leader, "wait_event_type = 'Lock'"),
-            30,
-            "the leader's next batch to wait for the table",
-        )
-        os.kill(leader.process.pid, signal.SIGSTOP)
-    await wait_until(
-        lambda: batch_sessions(
-            flow.db, leader, "state = 'idle in transaction' AND query LIKE '%SKIP LOCKED%'"
-        ),
-        30,
-        "the paused leader's batch read to complete",
-    )
-    await end_lock_session(flow.db, leader)
+    # Catch the leader between reading a batch and appending it, then end its lock
+    # session: the standby takes over while the paused leader still holds its rows.
+    await pause_between_read_and_append(flow.db, leader.process)
+    await end_lock_session(flow.db, leader.process.pid)
     standby.wait_for_log("ended", timeout=30)  # the paused leader's batch rolled back
     await published_more(flow.db, than=await unpublished(flow.db))
 
@@ -167,10 +125,3 @@ async def test_two_leaders_for_a_moment_the_paused_leaders_late_append_is_refuse
 
     await flow.all_published(within=180)
     await flow.check()  # per-market order intact: the late append never landed
-
-
-async def published_more(db: asyncpg.Connection, than: int) -> None:
-    async def fewer_left() -> bool:
-        return await unpublished(db) < than
-
-    await wait_until(fewer_left, 30, "the leader to publish")

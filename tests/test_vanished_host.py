@@ -23,7 +23,7 @@ import redis.asyncio as redis
 from tests.conftest import TABLES, run_migrations
 from tests.support import netns
 from tests.support.markets import REGISTER, seed_body
-from tests.support.netns import IsolatedHost
+from tests.support.netns import TAKEOVER_BOUND_S, IsolatedHost
 from tests.support.outbox import check_stream_against_outbox, seed_outbox, unpublished, wait_until
 from tests.support.postgres_server import PostgresServer
 from tests.support.processes import ManagedProcess, free_port
@@ -33,9 +33,6 @@ pytestmark = pytest.mark.skipif(
     not netns.available(), reason="needs root and iproute2 for a network namespace"
 )
 
-# The README's bound: keepalive probes after 2 s of silence, three 1 s apart (or 5 s of
-# unacknowledged data), then the standby's next try for the lock, every 0.5 s.
-TAKEOVER_BOUND_S = 10.0
 EPC_API_KEY = "vanished-host-key"
 
 

@@ -12,6 +12,11 @@ import random
 import shutil
 import subprocess
 
+# The README's bound on a takeover after the leader's host vanished: the server's
+# keepalive probes after 2 s of silence, three 1 s apart (or 5 s of unacknowledged data),
+# then the standby's next try for the lock, every 0.5 s.
+TAKEOVER_BOUND_S = 10.0
+
 
 def available() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None

@@ -8,8 +8,10 @@ kill -9 one at any moment and start it again exactly as an operator's supervisor
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.netns import IsolatedHost
 from tests.support.processes import ManagedProcess, free_port
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -17,10 +19,19 @@ EPC_API_KEY = "stack-epc-key"
 CONSUMERS = ("consumer-0", "consumer-1")
 # A worker's first line once its signal handlers are set: from then on SIGTERM is graceful.
 READY_LINES = {
-    "relay": "relay.outbox:",
+    "relay": "[relay] relay.",  # leading, or standing by
+    "relay-standby": "[relay] relay.",
+    "relay-isolated": "relay.outbox: leading",  # before the others start
     **{name: "approvals.consumer: consuming" for name in CONSUMERS},
     "poller": "relay.poller:",
 }
+
+
+@dataclass(frozen=True)
+class Command:
+    args: list[str]
+    env: dict[str, str]
+    wrapper: tuple[str, ...] = ()  # e.g. `ip netns exec <ns>`: run on an isolated host
 
 
 class Stack:
@@ -32,8 +43,12 @@ class Stack:
         *,
         webhook: bool = True,
         env: dict[str, str] | None = None,
+        standby_relay: bool = False,
+        isolated: IsolatedHost | None = None,
     ) -> None:
-        """`webhook=False`: the simulator pushes nothing, so the poller is the only path."""
+        """`webhook=False`: the simulator pushes nothing, so the poller is the only path.
+        `standby_relay`: a second relay, standing by. `isolated`: the leading relay runs on
+        that host (reaching PostgreSQL and Redis at its host address), `relay` stands by."""
         self.api_url = f"http://127.0.0.1:{free_port()}"
         self.epc_url = f"http://127.0.0.1:{free_port()}"
         self.log_dir = log_dir
@@ -47,8 +62,23 @@ class Stack:
             "CLAIM_IDLE_MS": "1000",
             **(env or {}),
         }
-        self._commands: dict[str, tuple[list[str], dict[str, str]]] = {
-            "epc": (
+        relays: dict[str, Command] = {"relay": Command(["-m", "relay"], {})}
+        if isolated is not None:
+            relays = {
+                "relay-isolated": Command(
+                    ["-m", "relay"],
+                    {
+                        name: self._env[name].replace("127.0.0.1", isolated.host_address)
+                        for name in ("DATABASE_URL", "REDIS_URL")
+                    },
+                    isolated.wrapper,
+                ),
+                **relays,
+            }
+        if standby_relay:
+            relays["relay-standby"] = Command(["-m", "relay"], {})
+        self._commands: dict[str, Command] = {
+            "epc": Command(
                 ["-m", "simulator"],
                 {
                     "EPC_PORT": self.epc_url.rsplit(":", 1)[1],
@@ -63,13 +93,13 @@ class Stack:
                     ),
                 },
             ),
-            "api": (["-m", "app"], {"HTTP_PORT": self.api_url.rsplit(":", 1)[1]}),
-            "relay": (["-m", "relay"], {}),
+            "api": Command(["-m", "app"], {"HTTP_PORT": self.api_url.rsplit(":", 1)[1]}),
+            **relays,
             **{
-                name: (["-m", "app.approvals"], {"CONSUMER_SLOT": str(slot)})
+                name: Command(["-m", "app.approvals"], {"CONSUMER_SLOT": str(slot)})
                 for slot, name in enumerate(CONSUMERS)
             },
-            "poller": (
+            "poller": Command(
                 ["-m", "relay", "poll"],
                 {
                     "PERMISSIONS_SERVICE_BASE_URL": self.epc_url,
@@ -86,10 +116,12 @@ class Stack:
 
     def start(self, name: str) -> ManagedProcess:
         """Start `name` and wait until it is ready (it appends to the same log each time)."""
-        args, env = self._commands[name]
+        command = self._commands[name]
         log = self.log_dir / f"{name}.log"
         earlier = log.stat().st_size if log.exists() else 0
-        process = ManagedProcess(name, args, {**self._env, **env}, self.log_dir)
+        process = ManagedProcess(
+            name, command.args, {**self._env, **command.env}, self.log_dir, command.wrapper
+        )
         self.processes[name] = process
         if name == "api":
             process.wait_http_ok(f"{self.api_url}/health")
