@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import msgspec
 
-from app.approvals.domain import Status
+from app.approvals.domain import Reason, Status
 from app.approvals.processed_events import ProcessedEventRow
 from app.db import storable
 from app.inbound.events import MAX_EVENT_BYTES
@@ -78,6 +78,7 @@ def feed_event_record(raw: bytes, error: Exception, source: str) -> ProcessedEve
         source=source,
         status=Status.FAILED,
         error=reason(error),
+        reason=Reason.UNREADABLE,
         payload=storable(kept, dict[str, Any]),
     )
 
