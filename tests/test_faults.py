@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.relays import end_lock_session, pause_between_read_and_append
 from tests.support.stack import CONSUMERS, Stack
 from tests.support.tally import CONSUMER_GROUP, count_everything, settled
+from tests.test_inbound_hardening import nested_event, put_on_feed
 from tests.test_polling import set_faults
 
 WORKERS = ("api", "relay", *CONSUMERS, "poller")
@@ -150,6 +152,21 @@ async def cut_off_the_leading_relays_host(target: Target) -> None:
     await asyncio.to_thread(standby.wait_for_log, "leading", TAKEOVER_BOUND_S, cut_at)
 
 
+POISONS = (400, 5000)  # depths of the events put on the feed: a walk's limit, a decoder's
+
+
+async def poison_the_feed(target: Target) -> None:
+    """Events nested too deep on the feed, then a page that is not a page; the consumers,
+    whose processes also poll, go on applying the webhook's decisions."""
+    for depth in POISONS:
+        await put_on_feed(
+            target.stack.epc_url, nested_event(f"poison-{depth}", str(uuid.uuid4()), depth)
+        )
+    await set_faults(target.stack.epc_url, page='["not", "a", "page"]')
+    await asyncio.sleep(target.rng.uniform(1.0, 2.0))
+    await set_faults(target.stack.epc_url)
+
+
 @dataclass(frozen=True)
 class Fault:
     inject: Inject
@@ -161,6 +178,8 @@ class Fault:
     standby_relay: bool = False
     isolated_relay: bool = False  # the leading relay on a host of its own (network namespace)
     early: bool = False  # strike in the first seconds, so the fault outlasts the load
+    poller_in_consumers: bool = False  # the consumer processes poll (`make consume`)
+    unreadable: int = 0  # deliveries the fault makes that are recorded unreadable
 
     @property
     def trimmed(self) -> tuple[str, ...]:
@@ -191,6 +210,9 @@ FAULTS = {
         pause_the_leading_relay_past_its_lock, strikes=1, standby_relay=True
     ),
     "relay-host-vanished": Fault(cut_off_the_leading_relays_host, strikes=1, isolated_relay=True),
+    "poisoned-feed-page": Fault(
+        poison_the_feed, strikes=1, poller_in_consumers=True, unreadable=len(POISONS)
+    ),
 }
 
 
@@ -280,6 +302,7 @@ async def test_nothing_is_lost_under_load_when(
         env=fault.env,
         standby_relay=fault.standby_relay,
         isolated=isolated,
+        poller_in_consumers=fault.poller_in_consumers,
     )
     target = Target(stack, redis_server, postgres, random.Random(seed), isolated)
     load = SteadyLoad(
@@ -300,7 +323,11 @@ async def test_nothing_is_lost_under_load_when(
             await wait_until(done, 120, "every decision applied and every row published")
         except AssertionError as error:
             raise AssertionError(f"{error}\n{stack.log_tails()}") from None
-        tally = await count_everything(db, client, load.accepted, trimmed=fault.trimmed)
+        tally = await count_everything(
+            db, client, load.accepted, trimmed=fault.trimmed, unreadable=fault.unreadable
+        )
+        crashed = [name for name, p in stack.processes.items() if p.process.poll() is not None]
+        assert not crashed, f"{crashed} exited on their own\n{stack.log_tails()}"
     finally:
         stack.stop_all()
         await load.aclose()

@@ -45,10 +45,13 @@ class Stack:
         env: dict[str, str] | None = None,
         standby_relay: bool = False,
         isolated: IsolatedHost | None = None,
+        poller_in_consumers: bool = False,
     ) -> None:
         """`webhook=False`: the simulator pushes nothing, so the poller is the only path.
         `standby_relay`: a second relay, standing by. `isolated`: the leading relay runs on
-        that host (reaching PostgreSQL and Redis at its host address), `relay` stands by."""
+        that host (reaching PostgreSQL and Redis at its host address), `relay` stands by.
+        `poller_in_consumers`: each consumer process also polls, as `make consume` does,
+        instead of a poller process of its own."""
         self.api_url = f"http://127.0.0.1:{free_port()}"
         self.epc_url = f"http://127.0.0.1:{free_port()}"
         self.log_dir = log_dir
@@ -77,6 +80,14 @@ class Stack:
             }
         if standby_relay:
             relays["relay-standby"] = Command(["-m", "relay"], {})
+        polling = {
+            "PERMISSIONS_SERVICE_BASE_URL": self.epc_url,
+            "PERMISSIONS_SERVICE_API_KEY": EPC_API_KEY,
+            "PERMISSIONS_POLL_INTERVAL_S": "0.2",
+        }
+        pollers = (
+            {} if poller_in_consumers else {"poller": Command(["-m", "relay", "poll"], polling)}
+        )
         self._commands: dict[str, Command] = {
             "epc": Command(
                 ["-m", "simulator"],
@@ -96,17 +107,13 @@ class Stack:
             "api": Command(["-m", "app"], {"HTTP_PORT": self.api_url.rsplit(":", 1)[1]}),
             **relays,
             **{
-                name: Command(["-m", "app.approvals"], {"CONSUMER_SLOT": str(slot)})
+                name: Command(
+                    ["-m", "app.approvals"],
+                    {"CONSUMER_SLOT": str(slot), **(polling if poller_in_consumers else {})},
+                )
                 for slot, name in enumerate(CONSUMERS)
             },
-            "poller": Command(
-                ["-m", "relay", "poll"],
-                {
-                    "PERMISSIONS_SERVICE_BASE_URL": self.epc_url,
-                    "PERMISSIONS_SERVICE_API_KEY": EPC_API_KEY,
-                    "PERMISSIONS_POLL_INTERVAL_S": "0.2",
-                },
-            ),
+            **pollers,
         }
         self.processes: dict[str, ManagedProcess] = {}
 

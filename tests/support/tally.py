@@ -61,10 +61,12 @@ async def count_everything(
     *,
     outbox_kept: bool = True,
     trimmed: tuple[str, ...] = (),
+    unreadable: int = 0,
 ) -> Tally:
     """Assert the end state equals what was accepted; `outbox_kept=False` when retention
     has deleted old outbox and processed_events rows during the run; `trimmed`: streams
-    trimmed during the run, not compared with the outbox entry by entry."""
+    trimmed during the run, not compared with the outbox entry by entry; `unreadable`:
+    how many unreadable deliveries were recorded `failed` besides the decisions."""
     assert not accepted.unexpected, f"unexpected answers: {dict(accepted.unexpected)}"
     stored = {str(r["id"]) for r in await db.fetch("SELECT id FROM markets")}
     assert stored == accepted.markets, (
@@ -88,7 +90,14 @@ async def count_everything(
     for market, applied in history.items():
         assert applied == [accepted.decisions[market]], f"market {market}: history {applied}"
     if outbox_kept:
-        processed = await db.fetch("SELECT event_id, processing_status FROM processed_events")
+        processed = await db.fetch(
+            "SELECT event_id, processing_status FROM processed_events"
+            " WHERE processing_reason IS DISTINCT FROM 'unreadable'"
+        )
+        recorded_unreadable = await db.fetchval(
+            "SELECT count(*) FROM processed_events WHERE processing_reason = 'unreadable'"
+        )
+        assert recorded_unreadable == unreadable, f"{recorded_unreadable} unreadable records"
         assert Counter(r["processing_status"] for r in processed) == {
             "success": len(accepted.decisions)
         }
