@@ -72,9 +72,10 @@ bench: services ## figures on this machine (QUICK=1 for a short run): table + be
 		{ echo "bench: wrk is needed: install it (Debian: apt-get install wrk)" >&2; exit 1; }
 	QUICK=$(QUICK) $(PY) -m bench
 
-alerts-check: ## promtool check rules deploy/prometheus/alerts.yml (Debian: apt-get install prometheus)
+alerts-check: ## promtool: check the alert rules and run their tests (Debian: apt-get install prometheus)
 	@command -v promtool >/dev/null || { echo "promtool not found: install it (Debian: apt-get install prometheus)" >&2; exit 1; }
 	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 
 lint: install ## ruff and mypy (strict on app/, outbox/, relay/, simulator/)
 	$(PY) -m ruff check .
