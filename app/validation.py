@@ -9,9 +9,10 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
+from app import json_limits
+
 T = TypeVar("T", bound=msgspec.Struct)
 
-_decode_any = msgspec.json.Decoder().decode
 # PostgreSQL's text and jsonb cannot hold U+0000: refused as the client's error, not a 500.
 NUL_REFUSED = "NUL characters are not accepted"
 WITHOUT_NUL = r"^[^\x00]*$"
@@ -46,14 +47,21 @@ def decode_body(raw: bytes, struct_type: type[T]) -> T:
     return convert_object(decode_json(raw), struct_type)
 
 
-def decode_json(raw: bytes) -> Any:
-    """Any JSON document, or RequestValidationError naming the body."""
+def decode_json(raw: bytes, field: str = "body") -> Any:
+    """Any JSON document nested at most json_limits.MAX_NESTING levels deep, or
+    RequestValidationError naming `field` (the body, or a JSON document inside it).
+
+    The depth is measured before decoding: the decoder, and every recursive walk after
+    it, would raise RecursionError (a 500) on a few hundred levels.
+    """
     if not raw.strip():
-        raise RequestValidationError([FieldError("body", "a JSON object is required")])
+        raise RequestValidationError([FieldError(field, "a JSON object is required")])
     try:
-        return _decode_any(raw)
+        return json_limits.decode(raw)
+    except json_limits.NestingTooDeep as exc:
+        raise RequestValidationError([FieldError(field, f"{exc} (the limit)")]) from None
     except msgspec.DecodeError as exc:
-        raise RequestValidationError([FieldError("body", f"malformed JSON: {exc}")]) from exc
+        raise RequestValidationError([FieldError(field, f"malformed JSON: {exc}")]) from exc
 
 
 def convert_object(document: Any, struct_type: type[T]) -> T:
@@ -96,12 +104,22 @@ def _fields(struct_type: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInf
 
 
 def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(item) for item in value)
+    """Whether any string, key or value, at any depth holds U+0000.
+
+    A loop, not recursion: a document from elsewhere than decode_json (a feed page, a
+    stream entry) may be deeper than Python's recursion limit.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 

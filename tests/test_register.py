@@ -11,6 +11,8 @@ import asyncpg
 import httpx
 import pytest
 
+from app.json_limits import MAX_NESTING
+from tests.support.json_strategies import nested_json
 from tests.support.markets import REGISTER, seed_body
 
 
@@ -261,3 +263,45 @@ async def test_an_empty_idempotency_key_is_refused(
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "Idempotency-Key"
     assert await counts(db) == (0, 0, 0)
+
+
+def with_asset_details_nested(levels: int) -> bytes:
+    """The seed's body whose assetDetails nests `levels` deep, so the body nests levels + 1."""
+    details = b'{"deep":' + nested_json(levels - 1) + b"}"
+    return json.dumps(seed_body(assetDetails="<details>")).encode().replace(b'"<details>"', details)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"[" * 100_000, id="100000 [ never closed"),
+        pytest.param(nested_json(100_000), id="100000 levels closed"),
+        pytest.param(with_asset_details_nested(400), id="assetDetails 400 deep"),
+        pytest.param(with_asset_details_nested(MAX_NESTING), id="one level too deep"),
+    ],
+)
+async def test_bad_input_a_body_nested_deeper_than_32_levels_gets_400_naming_the_limit(
+    client: httpx.AsyncClient, db: asyncpg.Connection, content: bytes
+) -> None:
+    response = await client.post(
+        REGISTER, content=content, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == "body"
+    assert f"{MAX_NESTING} levels" in error["reason"]
+    assert await counts(db) == (0, 0, 0)
+
+
+async def test_a_body_nested_exactly_32_levels_is_accepted(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    response = await client.post(
+        REGISTER,
+        content=with_asset_details_nested(MAX_NESTING - 1),
+        headers={"content-type": "application/json"},
+    )
+
+    assert response.status_code == 201, response.text
+    assert await counts(db) == (1, 1, 2)

@@ -18,10 +18,12 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
+from app.json_limits import MAX_NESTING
 from app.webhooks import standard
 from app.webhooks.guard import SourceGuard
 from tests.conftest import service_env
 from tests.support.flow import Flow
+from tests.support.json_strategies import nested_json
 from tests.support.markets import REGISTER, seed_body
 from tests.support.outbox import wait_until
 from tests.support.processes import free_port, start_api
@@ -179,6 +181,49 @@ async def test_bad_input_gets_400_naming_the_fields_and_stores_nothing(
     assert response.status_code == 400, response.text
     assert [e["field"] for e in response.json()["errors"]] == fields
     assert await stored(db) == 0
+
+
+def with_payload_nested(levels: int) -> bytes:
+    """An event of another type whose payload nests `levels` deep (the body: levels + 1)."""
+    event = seed_event(event_type="market.suspended", payload="<payload>")
+    payload = b'{"deep":' + nested_json(levels - 1) + b"}"
+    return json.dumps(event).encode().replace(b'"<payload>"', payload)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"[" * 100_000, id="100000 [ never closed"),
+        pytest.param(nested_json(60_000), id="60000 levels closed"),
+        pytest.param(with_payload_nested(400), id="payload 400 deep"),
+        pytest.param(with_payload_nested(MAX_NESTING), id="one level too deep"),
+    ],
+)
+async def test_bad_input_a_body_nested_deeper_than_32_levels_gets_400_naming_the_limit(
+    client: httpx.AsyncClient, db: asyncpg.Connection, redis_client: redis.Redis, content: bytes
+) -> None:
+    response = await client.post(
+        WEBHOOK, content=content, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == "body"
+    assert f"{MAX_NESTING} levels" in error["reason"]
+    await assert_nothing_stored(db, redis_client)
+
+
+async def test_an_event_nested_exactly_32_levels_is_accepted(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    response = await client.post(
+        WEBHOOK,
+        content=with_payload_nested(MAX_NESTING - 1),
+        headers={"content-type": "application/json"},
+    )
+
+    assert response.json()["status"] == "accepted", response.text
+    assert await stored(db) == 1
 
 
 async def test_over_256_kib_gets_413_and_stores_nothing(

@@ -18,10 +18,12 @@ import pytest
 import redis.asyncio as redis
 from litestar.testing import AsyncTestClient
 
+from app.json_limits import MAX_NESTING
 from app.main import create_app
 from app.settings import load_settings
 from app.webhooks.sns import SnsVerifier
 from tests.conftest import service_env
+from tests.support.json_strategies import nested_json
 from tests.support.sns import CERT_URL, TOPIC_ARN, SnsSigner
 from tests.support.storage import assert_nothing_stored
 from tests.test_webhook import WEBHOOK, seed_event, stored
@@ -252,3 +254,26 @@ async def test_a_malformed_sns_envelope_gets_400(
     assert response.status_code == 400
     assert {e["field"] for e in response.json()["errors"]} >= {"TopicArn", "Signature"}
     assert await stored(db) == 0
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        pytest.param("[" * 100_000, id="100000 [ never closed"),
+        pytest.param(nested_json(MAX_NESTING + 1).decode(), id="one level too deep"),
+    ],
+)
+async def test_bad_input_a_message_nested_deeper_than_32_levels_gets_400_naming_the_limit(
+    sns_client: httpx.AsyncClient,
+    signer: SnsSigner,
+    db: asyncpg.Connection,
+    redis_client: redis.Redis,
+    inner: str,
+) -> None:
+    response = await post(sns_client, signer.message(message=inner))
+
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == "Message"
+    assert f"{MAX_NESTING} levels" in error["reason"]
+    await assert_nothing_stored(db, redis_client)

@@ -10,6 +10,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, PathParameter
 
+from app.json_limits import MAX_NESTING
 from app.markets import service
 from app.markets.schemas import (
     ApprovalEventView,
@@ -49,7 +50,18 @@ class MarketController(Controller):
         status_code=201,
         request_max_body_size=MAX_REGISTER_BODY,
         summary="Register a market; it awaits approval by Entity Permissions Core",
-        responses=error_responses(400, 409, 413, 503),
+        description=f"The body may nest at most {MAX_NESTING} levels of objects and arrays "
+        "(assetDetails included); deeper gets 400 naming the limit, before it is read.",
+        responses=error_responses(
+            400,
+            409,
+            413,
+            503,
+            descriptions={
+                400: "Malformed or invalid request; every wrong field is listed. A body nested "
+                f"deeper than {MAX_NESTING} levels of objects and arrays is refused."
+            },
+        ),
     )
     async def register(
         self,

@@ -15,9 +15,10 @@ from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 from app.inbound import intake
 from app.inbound.events import read_event
 from app.inbound.intake import Receipt
+from app.json_limits import MAX_NESTING
 from app.openapi import WebhookOperation, error_responses
 from app.unit_of_work import UnitOfWork
-from app.validation import RequestValidationError, convert_object, decode_json
+from app.validation import convert_object, decode_json
 from app.webhooks import standard
 from app.webhooks.guard import RateLimiter, SourceGuard
 from app.webhooks.sns import SnsMessage, SnsVerifier, subscribe_url_for
@@ -96,6 +97,9 @@ _RESPONSES = error_responses(
     429,
     503,
     descriptions={
+        400: "Malformed or invalid request; every wrong field is listed. A body, or an SNS "
+        f"Message, nested deeper than {MAX_NESTING} levels of objects and arrays is refused "
+        "before it is read.",
         401: "Missing or bad signature (Standard Webhooks or SNS)",
         403: "Caller not in WEBHOOK_ALLOWED_CIDRS",
         413: "Body over 256 KiB",
@@ -120,7 +124,8 @@ class WebhookController(Controller):
         request_max_body_size=MAX_WEBHOOK_BODY,
         summary="Receive an Entity Permissions decision (direct JSON or an SNS delivery)",
         description="A 200 means the event is durable in PostgreSQL. Repeats answer "
-        "already_processed and change nothing.",
+        "already_processed and change nothing. The body (and an SNS envelope's Message) may "
+        f"nest at most {MAX_NESTING} levels of objects and arrays; deeper gets 400.",
         responses=_RESPONSES,
         operation_class=WebhookOperation,
     )
@@ -157,10 +162,8 @@ class WebhookController(Controller):
         if message.type == "UnsubscribeConfirmation":
             log.warning("SNS unsubscribed this endpoint from %s", message.topic_arn)
             return SnsReceipt("unsubscribe_confirmed", message.message_id)
-        try:
-            inner = msgspec.json.decode(message.message)
-        except msgspec.DecodeError as error:
-            raise RequestValidationError.single("Message", f"malformed JSON: {error}") from error
+        # The event is a JSON document of its own, held to the same nesting limit as a body.
+        inner = decode_json(message.message.encode(), field="Message")
         return await intake.accept(uow, read_event(inner, default_event_id=message.message_id))
 
     @get("/health", summary="The webhook handler answers (the seed's health check)")

@@ -121,6 +121,14 @@ _other_event = st.fixed_dictionaries(
 webhook_events = st.sampled_from(DECISIONS).flatmap(_decision_event) | _other_event
 
 
+def nested_json(depth: int, *, closed: bool = True, inner: bytes = b"1") -> bytes:
+    """A JSON text of exactly `depth` levels, arrays and objects alternating, around `inner`;
+    `closed=False` leaves every bracket open, as an attacker's 100,000 `[` do."""
+    openers = [b"[" if level % 2 == 0 else b'{"k":' for level in range(depth)]
+    closers = [b"]" if level % 2 == 0 else b"}" for level in reversed(range(depth))]
+    return b"".join(openers) + inner + (b"".join(closers) if closed else b"")
+
+
 def json_value(document: Any) -> Any:
     """A JSON document's value, numbers as decimals: PostgreSQL's jsonb keeps a number's
     value, not its spelling, so 2.251799813685243e+16 comes back as 22517998136852430."""
