@@ -348,6 +348,38 @@ async def test_a_bad_signature_gets_401_and_stores_nothing(
     await assert_nothing_stored(db, redis_client)
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("webhook-signature", b"v1,\xff"),
+        ("webhook-signature", "v1,\u00e9t\u00e9".encode()),
+        ("webhook-signature", b"v1,\x80\x81\tv1,=="),
+        ("webhook-timestamp", b"1" + b"0" * 400),
+        ("webhook-timestamp", b"9" * 5000),
+        ("webhook-timestamp", "\u0661\u0666\u0661\u0664".encode()),
+        ("webhook-timestamp", b"-1"),
+        ("webhook-timestamp", b"1e3"),
+        ("webhook-id", b"msg_\xff"),
+        ("webhook-id", b"msg\t1"),
+    ],
+)
+async def test_bad_input_a_hostile_signature_header_gets_401_never_500(
+    signed: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    redis_client: redis.Redis,
+    header: str,
+    value: bytes,
+) -> None:
+    body = json.dumps(seed_event()).encode()
+    headers: dict[str, str | bytes] = {**signed_headers(body), header: value}
+
+    response = await signed.post(WEBHOOK, content=body, headers=headers)
+
+    assert response.status_code == 401, response.text
+    assert response.json()["errors"][0]["field"] == "signature"
+    await assert_nothing_stored(db, redis_client)
+
+
 async def test_a_delivery_replayed_within_the_tolerance_changes_nothing(
     signed: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:

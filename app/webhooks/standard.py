@@ -11,11 +11,19 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Mapping, Sequence
 
 TOLERANCE_S = 5 * 60
 PREFIX = "whsec_"
+# Unix seconds in ASCII digits: int() alone would also take "+1_0", Arabic-Indic digits,
+# and 400 digits, whose distance from now overflows a float (a 500). 15 digits reach
+# the year 30 million.
+_UNIX_SECONDS = re.compile(r"[0-9]{1,15}")
+# What a webhook-id may hold: printable ASCII, as every sender writes it. Other bytes
+# reach us decoded as Latin-1 and are signed as UTF-8: no sender could match them.
+_MESSAGE_ID = re.compile(r"[\x20-\x7e]+")
 
 
 class SignatureError(Exception):
@@ -49,20 +57,30 @@ def verify(
     signatures = headers.get("webhook-signature")
     if not message_id or not stamp or not signatures:
         raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature")
-    try:
-        timestamp = int(stamp)
-    except ValueError:
-        raise SignatureError("webhook-timestamp is not a Unix time") from None
+    if not _MESSAGE_ID.fullmatch(message_id):
+        raise SignatureError("webhook-id holds characters other than printable ASCII")
+    if not _UNIX_SECONDS.fullmatch(stamp):
+        raise SignatureError("webhook-timestamp is not a Unix time (1 to 15 digits)")
+    timestamp = int(stamp)
     if abs((time.time() if now is None else now) - timestamp) > TOLERANCE_S:
         raise SignatureError("webhook-timestamp is more than 5 minutes away from now")
-    offered = [
-        candidate.partition(",")[2]
-        for candidate in signatures.split()
-        if candidate.startswith("v1,")
-    ]
+    offered = _offered_signatures(signatures)
     for secret in secrets:
-        expected = sign(secret, message_id, timestamp, body).partition(",")[2]
+        expected = sign(secret, message_id, timestamp, body).partition(",")[2].encode()
         # Every candidate compared in constant time, whatever matches first.
         if any(hmac.compare_digest(expected, candidate) for candidate in offered):
             return message_id
     raise SignatureError("no valid v1 signature for any configured secret")
+
+
+def _offered_signatures(header: str) -> list[bytes]:
+    """The v1 signatures offered, as bytes.
+
+    compare_digest raises TypeError on a str holding anything but ASCII, and a header
+    may hold any byte; a signature that is not ASCII can match nothing, so it is dropped.
+    """
+    return [
+        candidate.removeprefix("v1,").encode()
+        for candidate in header.split()
+        if candidate.startswith("v1,") and candidate.isascii()
+    ]
