@@ -29,6 +29,12 @@ from tests.support.storage import assert_nothing_stored
 from tests.test_webhook import WEBHOOK, seed_event, stored
 
 SNS_HEADERS = {"content-type": "text/plain", "x-amz-sns-message-type": "Notification"}
+# Topics we subscribe to: the tests' own, one in another region, one in China, one in GovCloud.
+OTHER_REGION_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:entity-permissions-events"
+CHINA_TOPIC_ARN = "arn:aws-cn:sns:cn-north-1:123456789012:entity-permissions-events"
+GOV_TOPIC_ARN = "arn:aws-us-gov:sns:us-gov-west-1:123456789012:entity-permissions-events"
+TOPIC_ARNS = [TOPIC_ARN, OTHER_REGION_TOPIC_ARN, CHINA_TOPIC_ARN, GOV_TOPIC_ARN]
+PEM_PATH = "/SimpleNotificationService-0123456789abcdef.pem"
 
 
 @pytest.fixture
@@ -49,7 +55,7 @@ async def sns_client(
         confirmed.append(url)
 
     settings = load_settings(service_env(SNS_TOPIC_ARNS=TOPIC_ARN), dotenv=None)
-    verifier = SnsVerifier([TOPIC_ARN], fetcher=signer.fetch, confirm=confirm)
+    verifier = SnsVerifier(TOPIC_ARNS, fetcher=signer.fetch, confirm=confirm)
     async with AsyncTestClient(app=create_app(settings, sns=verifier)) as client:
         yield client
 
@@ -120,6 +126,11 @@ def _tampered(message: dict[str, Any]) -> dict[str, Any]:
             ),
         ),
         ("unknown signature version", lambda s: s.message(message=seed_event(), version="3")),
+        (
+            "signature not ASCII",
+            lambda s: {**s.message(message=seed_event()), "Signature": "\u00e9" * 344},
+        ),
+        ("signature not base64", lambda s: {**s.message(message=seed_event()), "Signature": "!"}),
     ],
 )
 async def test_forged_or_stale_sns_messages_get_401_and_store_nothing(
@@ -166,6 +177,117 @@ async def test_a_certificate_url_off_sns_is_never_fetched_and_nothing_is_stored(
     await assert_nothing_stored(db, redis_client)
 
 
+@pytest.mark.parametrize(
+    "cert_url",
+    [
+        # S3 virtual hosts of a bucket named "sns", which anyone may own
+        f"https://sns.s3.amazonaws.com{PEM_PATH}",
+        f"https://sns.s3-us-west-2.amazonaws.com{PEM_PATH}",
+        f"https://sns.s3-external-1.amazonaws.com{PEM_PATH}",
+        f"https://sns.s3-accelerate.amazonaws.com{PEM_PATH}",
+        f"https://sns.s3.eu-west-1.amazonaws.com{PEM_PATH}",
+        f"https://SNS.S3.AMAZONAWS.COM{PEM_PATH}",
+        f"https://SNS.S3-US-WEST-2.AMAZONAWS.COM{PEM_PATH}",
+        # look-alikes
+        f"https://sns.eu-west-1.amazonaws.com.evil.example{PEM_PATH}",
+        f"https://xsns.eu-west-1.amazonaws.com{PEM_PATH}",
+        f"https://sns-eu-west-1.amazonaws.com{PEM_PATH}",
+        f"https://sns.eu-west-1.amazonaws.com.{PEM_PATH}",
+        f"https://SNS.EU-WEST-1.AMAZONAWS.COM.EVIL.EXAMPLE{PEM_PATH}",
+        f"https://sns.eu-west-1.amazonaws.com%2eevil.example{PEM_PATH}",
+        f"https://sns.eu-west-1.amazonaws.com\\@evil.example{PEM_PATH}",
+        f"https://sns.eu-west-1.amazonaws.com\u3002evil.example{PEM_PATH}",
+        f"https://54.239.0.1{PEM_PATH}",
+        f"https://[2600:1f18::1]{PEM_PATH}",
+        # a real SNS host, but not the one of the message's topic
+        f"https://sns.us-east-1.amazonaws.com{PEM_PATH}",
+        f"https://sns.eu-west-2.amazonaws.com{PEM_PATH}",
+        f"https://sns.eu-west-1.amazonaws.com.cn{PEM_PATH}",
+        f"https://sns.cn-north-1.amazonaws.com.cn{PEM_PATH}",
+    ],
+)
+async def test_sns_certificate_host_must_be_the_sns_endpoint_of_the_topics_region(
+    sns_client: httpx.AsyncClient,
+    signer: SnsSigner,
+    db: asyncpg.Connection,
+    redis_client: redis.Redis,
+    cert_url: str,
+) -> None:
+    response = await post(sns_client, signer.message(message=seed_event(), cert_url=cert_url))
+
+    assert response.status_code == 401, response.text
+    assert response.json()["errors"][0]["field"] == "signature"
+    assert signer.fetched == []
+    await assert_nothing_stored(db, redis_client)
+
+
+@pytest.mark.parametrize(
+    ("topic_arn", "cert_url"),
+    [
+        (CHINA_TOPIC_ARN, f"https://sns.cn-north-1.amazonaws.com.cn{PEM_PATH}"),
+        (GOV_TOPIC_ARN, f"https://sns.us-gov-west-1.amazonaws.com{PEM_PATH}"),
+        (OTHER_REGION_TOPIC_ARN, f"https://sns.us-east-1.amazonaws.com{PEM_PATH}"),
+    ],
+)
+async def test_sns_certificate_host_of_each_partitions_region_is_accepted(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, topic_arn: str, cert_url: str
+) -> None:
+    message = signer.message(message=seed_event(), topic_arn=topic_arn, cert_url=cert_url)
+
+    response = await post(sns_client, message)
+
+    assert response.json()["status"] == "accepted", response.text
+    assert signer.fetched == [cert_url]
+
+
+@pytest.mark.parametrize(
+    ("topic_arn", "cert_url"),
+    [
+        (CHINA_TOPIC_ARN, f"https://sns.cn-north-1.amazonaws.com{PEM_PATH}"),
+        (GOV_TOPIC_ARN, f"https://sns.us-gov-west-1.amazonaws.com.cn{PEM_PATH}"),
+    ],
+)
+async def test_sns_certificate_host_of_another_partition_is_refused(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, topic_arn: str, cert_url: str
+) -> None:
+    message = signer.message(message=seed_event(), topic_arn=topic_arn, cert_url=cert_url)
+
+    response = await post(sns_client, message)
+
+    assert response.status_code == 401, response.text
+    assert signer.fetched == []
+
+
+@pytest.mark.parametrize(
+    "cert_url",
+    [
+        f"https://sns.eu-west-1.amazonaws.com:99999{PEM_PATH}",
+        f"https://sns.eu-west-1.amazonaws.com:-443{PEM_PATH}",
+        f"https://sns.eu-west-1.amazonaws.com:4\u0664\u0663{PEM_PATH}",
+        f"https://[sns.eu-west-1.amazonaws.com{PEM_PATH}",
+        "https://sns.eu-west-1.amazonaws.com/Simple\tNotificationService-0123456789abcdef.pem",
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotification\r\nService-0123456789abcdef.pem",
+        f"https://sns.eu-west-1.amazonaws.com\t{PEM_PATH}",
+        f" https://sns.eu-west-1.amazonaws.com{PEM_PATH}",
+        f"https://sns.eu-west-1.amazonaws.com{PEM_PATH}\x7f",
+        f"https://sns.eu-west-1.amazonaws.com/{'a' * 5000}.pem",
+        "",
+    ],
+)
+async def test_bad_input_a_certificate_url_that_breaks_url_parsers_gets_401_never_500(
+    sns_client: httpx.AsyncClient,
+    signer: SnsSigner,
+    db: asyncpg.Connection,
+    redis_client: redis.Redis,
+    cert_url: str,
+) -> None:
+    response = await post(sns_client, signer.message(message=seed_event(), cert_url=cert_url))
+
+    assert response.status_code == 401, response.text
+    assert signer.fetched == []
+    await assert_nothing_stored(db, redis_client)
+
+
 async def test_an_envelope_without_its_sns_header_is_still_verified_as_sns(
     sns_client: httpx.AsyncClient, signer: SnsSigner, db: asyncpg.Connection
 ) -> None:
@@ -204,6 +326,10 @@ async def test_a_subscription_is_confirmed_after_the_signature_checks(
         "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription",
         "http://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription",
         "https://sns.eu-west-1.amazonaws.com:8443/?Action=ConfirmSubscription",
+        "https://sns.eu-west-1.amazonaws.com:99999/?Action=ConfirmSubscription",
+        "https://sns.eu-west-1.amazonaws.com/?Action=Confirm\tSubscription",
+        "https://sns.s3.amazonaws.com/?Action=ConfirmSubscription",
+        "https://[sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription",
     ],
 )
 async def test_a_subscribe_url_off_the_topics_sns_endpoint_is_never_fetched(

@@ -1,8 +1,9 @@
 """Amazon SNS HTTP(S) deliveries: verified before anything in them is believed.
 
 Checks, in order: the topic is one we subscribed to; the message is under an hour old;
-the signing certificate's URL is an SNS one (https, `sns.<region>.amazonaws.com` or
-`.com.cn`, `/SimpleNotificationService-<id>.pem`, no query); the signature, SHA1withRSA
+the signing certificate's URL is the SNS endpoint of the topic's own region (https,
+exactly `sns.<region of the TopicArn>.amazonaws.com`, `.com.cn` for aws-cn, port 443,
+`/SimpleNotificationService-<id>.pem`, no query); the signature, SHA1withRSA
 (SignatureVersion 1) or SHA256withRSA (2), over AWS's string to sign for the message
 type. Certificates are fetched once per URL. The fetcher is injectable so that tests
 sign with a key of their own; the URL rules apply to it all the same.
@@ -11,12 +12,11 @@ sign with a key of their own; the URL rules apply to it all the same.
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,9 +34,24 @@ MAX_AGE = timedelta(hours=1)
 CLOCK_SKEW = timedelta(minutes=5)
 HTTP_TIMEOUT_S = 5.0
 
-_SNS_HOST = re.compile(r"^sns\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?P<cn>\.cn)?$")
-_CERT_PATH = re.compile(r"^/SimpleNotificationService-[A-Za-z0-9]+\.pem$")
-_TOPIC_ARN = re.compile(r"^arn:aws(?P<cn>-cn)?:sns:(?P<region>[a-z0-9-]+):\d{12}:[\w.-]+$")
+# An AWS region as AWS names them (us-east-1, eu-central-2, us-gov-west-1, cn-north-1):
+# never an S3 endpoint label such as s3 or s3-us-west-2, which with a bucket named
+# "sns" in front would make sns.s3.amazonaws.com, a host anyone may serve from.
+_REGION = r"[a-z]{2}(?:-gov)?-[a-z]+-[0-9]{1,2}"
+_TOPIC_ARN = re.compile(
+    rf"arn:(?P<partition>aws|aws-cn|aws-us-gov):sns:(?P<region>{_REGION})"
+    r":[0-9]{12}:[A-Za-z0-9_.-]{1,256}"
+)
+_PARTITION_DOMAIN = {
+    "aws": "amazonaws.com",
+    "aws-us-gov": "amazonaws.com",
+    "aws-cn": "amazonaws.com.cn",
+}
+_CERT_PATH = re.compile(r"/SimpleNotificationService-[A-Za-z0-9]{1,128}\.pem")
+# What a URL we may fetch is written with: visible ASCII only. urlsplit silently drops
+# tabs and line breaks (so a URL it approved is not the URL httpx is given), and
+# non-ASCII hosts are subject to IDNA mappings; neither appears in an SNS URL.
+_URL_TEXT = re.compile(r"[!-~]{1,2048}")
 
 MessageType = Literal["Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation"]
 CertificateFetcher = Callable[[str], Awaitable[bytes]]
@@ -78,35 +93,75 @@ class SnsMessage(msgspec.Struct, frozen=True, kw_only=True):
         return "".join(f"{key}\n{value}\n" for key, value in pairs).encode()
 
 
-def check_certificate_url(url: str) -> None:
-    parts = urlsplit(url)
+def sns_host(topic_arn: str) -> str:
+    """The SNS endpoint of the topic's region: the one host its certificates and its
+    SubscribeURL may be on. `.com.cn` for the aws-cn partition only."""
+    topic = _TOPIC_ARN.fullmatch(topic_arn)
+    if topic is None:
+        raise SignatureError("TopicArn is not an SNS topic ARN")
+    partition, region = topic["partition"], topic["region"]
+    if _partition_of(region) != partition:
+        raise SignatureError(f"TopicArn's region {region} is not in partition {partition}")
+    return f"sns.{region}.{_PARTITION_DOMAIN[partition]}"
+
+
+def _partition_of(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+class _HttpsUrl(NamedTuple):
+    host: str  # lower case (urlsplit lowers it); a trailing dot is kept, and matches no SNS host
+    path: str
+    query: str
+
+
+def _split_https(url: str, field: str) -> _HttpsUrl:
+    """An https URL on the default port, without credentials or fragment, or SignatureError.
+
+    Every way urlsplit or httpx could fail on it (a port past 65535, a stray bracket, a
+    tab) is a SignatureError here: a client's mistake is a 401, never a 500.
+    """
+    if not _URL_TEXT.fullmatch(url):
+        raise SignatureError(
+            f"{field} must be 1 to 2048 visible ASCII characters (no space, tab or line break)"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise SignatureError(f"{field} is not a valid URL: {error}") from None
     if parts.scheme != "https":
-        raise SignatureError("SigningCertURL must use https")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise SignatureError("SigningCertURL must have no query, fragment or credentials")
-    if parts.port not in (None, 443) or not _SNS_HOST.match(parts.hostname or ""):
-        raise SignatureError("SigningCertURL is not on an SNS host")
-    if not _CERT_PATH.match(parts.path):
+        raise SignatureError(f"{field} must use https")
+    if "@" in parts.netloc or parts.fragment:
+        raise SignatureError(f"{field} must have no credentials or fragment")
+    if port not in (None, 443):
+        raise SignatureError(f"{field} must be on port 443")
+    return _HttpsUrl(parts.hostname or "", parts.path, parts.query)
+
+
+def check_certificate_url(url: str, topic_arn: str) -> str:
+    """The certificate's URL spelled one way (https://host/path, host lower case, no port),
+    if it is an SNS certificate of the topic's region; else SignatureError."""
+    parts = _split_https(url, "SigningCertURL")
+    if parts.host != sns_host(topic_arn):
+        raise SignatureError("SigningCertURL is not on the SNS host of the topic's region")
+    if parts.query or not _CERT_PATH.fullmatch(parts.path):
         raise SignatureError("SigningCertURL is not an SNS certificate path")
+    return f"https://{parts.host}{parts.path}"
 
 
 def subscribe_url_for(message: SnsMessage) -> str:
-    """The SubscribeURL, if it points at SNS in the topic's own region; else SignatureError."""
-    topic = _TOPIC_ARN.match(message.topic_arn)
-    url = message.subscribe_url or ""
-    parts = urlsplit(url)
-    host = _SNS_HOST.match(parts.hostname or "")
-    if (
-        topic is None
-        or host is None
-        or parts.scheme != "https"
-        or parts.port not in (None, 443)
-        or parts.username
-        or host["region"] != topic["region"]
-        or bool(host["cn"]) != bool(topic["cn"])
-    ):
+    """The SubscribeURL, spelled one way, if it points at SNS in the topic's own region;
+    else SignatureError."""
+    parts = _split_https(message.subscribe_url or "", "SubscribeURL")
+    if parts.host != sns_host(message.topic_arn):
         raise SignatureError("SubscribeURL is not the SNS endpoint of the topic's region")
-    return url
+    query = f"?{parts.query}" if parts.query else ""
+    return f"https://{parts.host}{parts.path or '/'}{query}"
 
 
 async def fetch_certificate(url: str) -> bytes:
@@ -146,7 +201,7 @@ class SnsVerifier:
             raise SignatureError("Timestamp is more than an hour old (or in the future)")
         if not self._verify_signatures:
             return
-        check_certificate_url(message.signing_cert_url)
+        cert_url = check_certificate_url(message.signing_cert_url, message.topic_arn)
         algorithm: hashes.HashAlgorithm
         if message.signature_version == "1":
             algorithm = hashes.SHA1()  # noqa: S303 - SNS SignatureVersion 1 is SHA1withRSA
@@ -156,9 +211,9 @@ class SnsVerifier:
             raise SignatureError(f"unknown SignatureVersion {message.signature_version!r}")
         try:
             signature = base64.b64decode(message.signature, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a str holding non-ASCII characters
             raise SignatureError("Signature is not base64") from None
-        key = await self._key(message.signing_cert_url)
+        key = await self._key(cert_url)
         try:
             key.verify(signature, message.string_to_sign(), padding.PKCS1v15(), algorithm)
         except InvalidSignature:
