@@ -6,14 +6,17 @@ other rule of the verifier (URLs, topics, age, signature) is the production one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 import redis.asyncio as redis
 from litestar.testing import AsyncTestClient
@@ -21,10 +24,18 @@ from litestar.testing import AsyncTestClient
 from app.json_limits import MAX_NESTING
 from app.main import create_app
 from app.settings import load_settings
-from app.webhooks.sns import SnsVerifier
+from app.webhooks.sns import (
+    MAX_CACHED_CERTIFICATES,
+    MAX_CERTIFICATE_BYTES,
+    CertificateDownloader,
+    CertificateFetcher,
+    SnsMessage,
+    SnsVerifier,
+)
 from tests.conftest import service_env
 from tests.support.json_strategies import nested_json
-from tests.support.sns import CERT_URL, TOPIC_ARN, SnsSigner
+from tests.support.outbox import wait_until
+from tests.support.sns import CERT_URL, TOPIC_ARN, CertificateServer, SnsSigner, ToLocalServer
 from tests.support.storage import assert_nothing_stored
 from tests.test_webhook import WEBHOOK, seed_event, stored
 
@@ -48,15 +59,26 @@ def confirmed() -> list[str]:
 
 
 @pytest.fixture
-async def sns_client(
-    signer: SnsSigner, confirmed: list[str], db: asyncpg.Connection
-) -> AsyncIterator[httpx.AsyncClient]:
+def verifier(signer: SnsSigner, confirmed: list[str]) -> SnsVerifier:
     async def confirm(url: str) -> None:
         confirmed.append(url)
 
+    return SnsVerifier(TOPIC_ARNS, fetcher=signer.fetch, confirm=confirm)
+
+
+@asynccontextmanager
+async def serving(verifier: SnsVerifier) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in-process, with this verifier."""
     settings = load_settings(service_env(SNS_TOPIC_ARNS=TOPIC_ARN), dotenv=None)
-    verifier = SnsVerifier(TOPIC_ARNS, fetcher=signer.fetch, confirm=confirm)
     async with AsyncTestClient(app=create_app(settings, sns=verifier)) as client:
+        yield client
+
+
+@pytest.fixture
+async def sns_client(
+    verifier: SnsVerifier, db: asyncpg.Connection
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(verifier) as client:
         yield client
 
 
@@ -236,7 +258,7 @@ async def test_sns_certificate_host_of_each_partitions_region_is_accepted(
 
     response = await post(sns_client, message)
 
-    assert response.json()["status"] == "accepted", response.text
+    assert response.json().get("status") == "accepted", response.text
     assert signer.fetched == [cert_url]
 
 
@@ -403,3 +425,187 @@ async def test_bad_input_a_message_nested_deeper_than_32_levels_gets_400_naming_
     assert error["field"] == "Message"
     assert f"{MAX_NESTING} levels" in error["reason"]
     await assert_nothing_stored(db, redis_client)
+
+
+def _url_of(certificate: int) -> str:
+    return f"https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-{certificate}.pem"
+
+
+async def test_certificate_cache_one_fetch_for_every_spelling_of_one_url(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, verifier: SnsVerifier
+) -> None:
+    host = "sns.eu-west-1.amazonaws.com"
+    spellings = [
+        CERT_URL,
+        CERT_URL.replace(host, host.upper()),
+        CERT_URL.replace(host, "Sns.Eu-West-1.AmazonAws.com"),
+        CERT_URL.replace(host, f"{host}:443"),
+        CERT_URL.replace(host, f"{host}:0443"),
+        CERT_URL.replace(host, f"{host}:{'0' * 60}443"),
+        CERT_URL.replace(host, f"{host}:"),
+        CERT_URL.replace("https://", "HTTPS://"),
+    ]
+
+    for spelling in spellings:
+        response = await post(sns_client, signer.message(message=seed_event(), cert_url=spelling))
+        assert response.json()["status"] == "accepted", (spelling, response.text)
+
+    assert signer.fetched == [CERT_URL]
+    assert verifier.cached_certificate_urls == (CERT_URL,)
+
+
+async def test_certificate_cache_keeps_nothing_from_a_signature_that_failed(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, verifier: SnsVerifier
+) -> None:
+    refused = await post(sns_client, _tampered(signer.message(message=seed_event())))
+    assert refused.status_code == 401
+    assert verifier.cached_certificate_urls == ()
+
+    accepted = await post(sns_client, signer.message(message=seed_event()))
+
+    assert accepted.json()["status"] == "accepted"
+    assert signer.fetched == [CERT_URL, CERT_URL]  # the refused one's fetch was not kept
+    assert verifier.cached_certificate_urls == (CERT_URL,)
+
+
+async def test_certificate_cache_never_holds_more_than_its_bound(
+    sns_client: httpx.AsyncClient, signer: SnsSigner, verifier: SnsVerifier
+) -> None:
+    urls = [_url_of(n) for n in range(MAX_CACHED_CERTIFICATES + 5)]
+    for url in urls:
+        response = await post(sns_client, signer.message(message=seed_event(), cert_url=url))
+        assert response.json().get("status") == "accepted", response.text
+        assert len(verifier.cached_certificate_urls) <= MAX_CACHED_CERTIFICATES
+
+    assert verifier.cached_certificate_urls == tuple(urls[5:])
+    # The least recently used was dropped and is fetched again; the newest is still kept.
+    for url in (urls[0], urls[-1]):
+        await post(sns_client, signer.message(message=seed_event(), cert_url=url))
+    assert signer.fetched.count(urls[0]) == 2
+    assert signer.fetched.count(urls[-1]) == 1
+
+
+def _held_fetcher(signer: SnsSigner, released: asyncio.Event) -> CertificateFetcher:
+    async def held_fetch(url: str) -> bytes:
+        signer.fetched.append(url)
+        await released.wait()
+        return signer.pem
+
+    return held_fetch
+
+
+def _envelope(signer: SnsSigner) -> SnsMessage:
+    return msgspec.convert(signer.message(message=seed_event()), SnsMessage)
+
+
+async def _until_awaiting(verifier: SnsVerifier, deliveries: int) -> None:
+    async def awaiting() -> bool:
+        return verifier.deliveries_awaiting_certificates == deliveries
+
+    await wait_until(awaiting, 30, f"{deliveries} deliveries waiting for the certificate")
+
+
+async def test_certificate_cache_concurrent_first_deliveries_share_one_fetch(
+    signer: SnsSigner,
+) -> None:
+    # The verifier itself, in the test's loop: the in-process API answers one at a time.
+    released = asyncio.Event()
+    verifier = SnsVerifier(TOPIC_ARNS, fetcher=_held_fetcher(signer, released))
+    deliveries = [asyncio.ensure_future(verifier.verify(_envelope(signer))) for _ in range(5)]
+
+    await _until_awaiting(verifier, 5)
+    released.set()
+    await asyncio.gather(*deliveries)  # each verified, or this raises
+
+    assert signer.fetched == [CERT_URL]
+    assert verifier.cached_certificate_urls == (CERT_URL,)
+
+
+async def test_certificate_download_goes_on_when_the_delivery_that_started_it_goes_away(
+    signer: SnsSigner,
+) -> None:
+    released = asyncio.Event()
+    verifier = SnsVerifier(TOPIC_ARNS, fetcher=_held_fetcher(signer, released))
+    first = asyncio.ensure_future(verifier.verify(_envelope(signer)))
+    second = asyncio.ensure_future(verifier.verify(_envelope(signer)))
+    await _until_awaiting(verifier, 2)
+
+    first.cancel()  # its client hung up
+    await _until_awaiting(verifier, 1)
+    released.set()
+    await second
+
+    assert first.cancelled()
+    assert signer.fetched == [CERT_URL]
+
+
+async def test_certificate_fetch_from_a_real_server_is_accepted(
+    signer: SnsSigner, db: asyncpg.Connection
+) -> None:
+    # The downloader and transport the tests below cut short, working when nothing is wrong.
+    with CertificateServer(signer.pem, chunk=100) as server:
+        transport = ToLocalServer(server.port)
+        verifier = SnsVerifier(TOPIC_ARNS, fetcher=CertificateDownloader(transport))
+        async with serving(verifier) as client:
+            response = await post(client, signer.message(message=seed_event()))
+        await transport.close_for_good()
+
+    assert response.json().get("status") == "accepted", response.text
+    assert server.paths == [PEM_PATH]
+    assert not server.cut_by_client.is_set()
+
+
+async def test_certificate_fetch_from_a_slow_drip_server_is_cut_at_the_deadline_with_401(
+    signer: SnsSigner, db: asyncpg.Connection, redis_client: redis.Redis
+) -> None:
+    # One byte every 50 ms: each read is quick, so no per-read time-out ever fires;
+    # the certificate would take a minute. Only an overall deadline ends it.
+    with CertificateServer(signer.pem, chunk=1, interval_s=0.05) as server:
+        transport = ToLocalServer(server.port)
+        verifier = SnsVerifier(
+            TOPIC_ARNS, fetcher=CertificateDownloader(transport), certificate_deadline_s=0.5
+        )
+        async with serving(verifier) as client:
+            response = await post(client, signer.message(message=seed_event()))
+        cut = await asyncio.to_thread(server.cut_by_client.wait, 30)
+        await transport.close_for_good()
+
+    assert response.status_code == 401, response.text
+    assert "within 0.5 s" in response.json()["errors"][0]["reason"]
+    assert server.paths == [PEM_PATH]
+    assert cut, "the server was still trickling: the download was not cut"
+    assert verifier.cached_certificate_urls == ()
+    await assert_nothing_stored(db, redis_client)
+
+
+async def test_certificate_fetch_that_answers_a_minute_late_is_cut_at_the_deadline_with_401(
+    signer: SnsSigner, db: asyncpg.Connection
+) -> None:
+    # The deadline holds for an injected fetcher too. A minute, not forever: without the
+    # deadline this test fails (the delivery is accepted) rather than hangs.
+    async def a_minute_late(url: str) -> bytes:
+        await asyncio.sleep(60)
+        return signer.pem
+
+    verifier = SnsVerifier(TOPIC_ARNS, fetcher=a_minute_late, certificate_deadline_s=0.2)
+    async with serving(verifier) as client:
+        response = await post(client, signer.message(message=seed_event()))
+
+    assert response.status_code == 401, response.text
+    assert "within 0.2 s" in response.json()["errors"][0]["reason"]
+
+
+async def test_certificate_over_64_kib_is_refused_with_401(
+    signer: SnsSigner, db: asyncpg.Connection
+) -> None:
+    padded = signer.pem + b"\n" * MAX_CERTIFICATE_BYTES  # still a PEM, with trailing lines
+    with CertificateServer(padded) as server:
+        transport = ToLocalServer(server.port)
+        verifier = SnsVerifier(TOPIC_ARNS, fetcher=CertificateDownloader(transport))
+        async with serving(verifier) as client:
+            response = await post(client, signer.message(message=seed_event()))
+        await transport.close_for_good()
+
+    assert response.status_code == 401, response.text
+    assert f"over {MAX_CERTIFICATE_BYTES} bytes" in response.json()["errors"][0]["reason"]
+    assert verifier.cached_certificate_urls == ()

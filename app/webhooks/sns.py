@@ -5,15 +5,24 @@ the signing certificate's URL is the SNS endpoint of the topic's own region (htt
 exactly `sns.<region of the TopicArn>.amazonaws.com`, `.com.cn` for aws-cn, port 443,
 `/SimpleNotificationService-<id>.pem`, no query); the signature, SHA1withRSA
 (SignatureVersion 1) or SHA256withRSA (2), over AWS's string to sign for the message
-type. Certificates are fetched once per URL. The fetcher is injectable so that tests
-sign with a key of their own; the URL rules apply to it all the same.
+type.
+
+Certificates are fetched once per URL, spelled one way (host lower case, no port), by
+one download that concurrent deliveries share, cut at CERTIFICATE_DEADLINE_S and
+MAX_CERTIFICATE_BYTES; a certificate is kept (at most MAX_CACHED_CERTIFICATES, least
+recently used dropped first) only once it has verified a signature. The fetcher is
+injectable so that tests sign with a key of their own; the URL rules, the deadline and
+the size bound apply to it all the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal, NamedTuple
@@ -22,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -32,7 +41,13 @@ log = logging.getLogger(__name__)
 
 MAX_AGE = timedelta(hours=1)
 CLOCK_SKEW = timedelta(minutes=5)
-HTTP_TIMEOUT_S = 5.0
+HTTP_TIMEOUT_S = 5.0  # httpx's, per phase (connect, each read...)
+# A certificate download as a whole: a server trickling a byte at a time never trips a
+# per-read time-out, and SNS waits about 15 s for our answer before it retries.
+CERTIFICATE_DEADLINE_S = 5.0
+MAX_CERTIFICATE_BYTES = 64 * 1024  # AWS's are under 2 KiB
+MAX_CACHED_CERTIFICATES = 32
+_TOO_LARGE = f"the signing certificate is over {MAX_CERTIFICATE_BYTES} bytes"
 
 # An AWS region as AWS names them (us-east-1, eu-central-2, us-gov-west-1, cn-north-1):
 # never an S3 endpoint label such as s3 or s3-us-west-2, which with a bucket named
@@ -164,11 +179,29 @@ def subscribe_url_for(message: SnsMessage) -> str:
     return f"https://{parts.host}{parts.path or '/'}{query}"
 
 
-async def fetch_certificate(url: str) -> bytes:
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, follow_redirects=False) as client:
-        response = await client.get(url)
-        response.raise_for_status()
-        return response.content
+class CertificateDownloader:
+    """GETs a signing certificate: no redirects, no compression, at most
+    MAX_CERTIFICATE_BYTES read. The overall deadline is the verifier's, so that it holds
+    for any fetcher; `transport` lets tests send the request to a server of their own."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._transport = transport
+
+    async def __call__(self, url: str) -> bytes:
+        async with (
+            httpx.AsyncClient(
+                transport=self._transport, timeout=HTTP_TIMEOUT_S, follow_redirects=False
+            ) as client,
+            # Raw bytes are counted, so a compressed body cannot expand past the bound.
+            client.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response,
+        ):
+            response.raise_for_status()
+            body = bytearray()
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) > MAX_CERTIFICATE_BYTES:
+                    raise SignatureError(_TOO_LARGE)
+            return bytes(body)
 
 
 async def visit_subscribe_url(url: str) -> None:
@@ -183,14 +216,28 @@ class SnsVerifier:
         topic_arns: Sequence[str],
         *,
         verify_signatures: bool = True,
-        fetcher: CertificateFetcher = fetch_certificate,
+        fetcher: CertificateFetcher | None = None,
         confirm: UrlVisitor = visit_subscribe_url,
+        certificate_deadline_s: float = CERTIFICATE_DEADLINE_S,
     ) -> None:
         self._topics = frozenset(topic_arns)
         self._verify_signatures = verify_signatures
-        self._fetch = fetcher
+        self._fetch = fetcher or CertificateDownloader()
         self.confirm = confirm
-        self._keys: dict[str, rsa.RSAPublicKey] = {}
+        self._deadline_s = certificate_deadline_s
+        self._keys = _VerifiedKeys(MAX_CACHED_CERTIFICATES)
+        self._downloads: dict[str, asyncio.Future[rsa.RSAPublicKey]] = {}
+        self._awaiting = 0
+
+    @property
+    def cached_certificate_urls(self) -> tuple[str, ...]:
+        """The certificates kept, least recently used first."""
+        return self._keys.urls()
+
+    @property
+    def deliveries_awaiting_certificates(self) -> int:
+        """Deliveries waiting for a certificate download, shared or not."""
+        return self._awaiting
 
     async def verify(self, message: SnsMessage, now: datetime | None = None) -> None:
         if message.topic_arn not in self._topics:
@@ -202,35 +249,99 @@ class SnsVerifier:
         if not self._verify_signatures:
             return
         cert_url = check_certificate_url(message.signing_cert_url, message.topic_arn)
-        algorithm: hashes.HashAlgorithm
-        if message.signature_version == "1":
-            algorithm = hashes.SHA1()  # noqa: S303 - SNS SignatureVersion 1 is SHA1withRSA
-        elif message.signature_version == "2":
-            algorithm = hashes.SHA256()
-        else:
-            raise SignatureError(f"unknown SignatureVersion {message.signature_version!r}")
-        try:
-            signature = base64.b64decode(message.signature, validate=True)
-        except ValueError:  # binascii.Error, or a str holding non-ASCII characters
-            raise SignatureError("Signature is not base64") from None
-        key = await self._key(cert_url)
+        algorithm = _algorithm(message.signature_version)
+        signature = _signature_bytes(message.signature)
+        key = self._keys.get(cert_url) or await self._download(cert_url)
         try:
             key.verify(signature, message.string_to_sign(), padding.PKCS1v15(), algorithm)
         except InvalidSignature:
             raise SignatureError("SNS signature does not verify") from None
+        # Kept only now: a certificate that verified nothing is fetched again next time.
+        self._keys.keep(cert_url, key)
 
-    async def _key(self, url: str) -> rsa.RSAPublicKey:
-        key = self._keys.get(url)
-        if key is None:
-            try:
+    async def _download(self, url: str) -> rsa.RSAPublicKey:
+        """The certificate's key; deliveries arriving while it downloads share the download."""
+        download = self._downloads.get(url)
+        if download is None:
+            download = asyncio.ensure_future(self._load_key(url))
+            self._downloads[url] = download
+            download.add_done_callback(functools.partial(self._downloaded, url))
+        self._awaiting += 1
+        try:
+            # Shielded: a delivery whose client hangs up does not cancel the others' download.
+            return await asyncio.shield(download)
+        finally:
+            self._awaiting -= 1
+
+    def _downloaded(self, url: str, download: asyncio.Future[rsa.RSAPublicKey]) -> None:
+        if self._downloads.get(url) is download:
+            del self._downloads[url]
+        if not download.cancelled():
+            download.exception()  # read, so that a failure nobody awaited any more is not logged
+
+    async def _load_key(self, url: str) -> rsa.RSAPublicKey:
+        try:
+            async with asyncio.timeout(self._deadline_s):
                 pem = await self._fetch(url)
-                public_key = x509.load_pem_x509_certificate(pem).public_key()
-            except (httpx.HTTPError, ValueError) as error:
-                raise SignatureError(f"cannot load the signing certificate: {error}") from None
-            if not isinstance(public_key, rsa.RSAPublicKey):
-                raise SignatureError("the signing certificate's key is not RSA")
-            key = self._keys[url] = public_key
+        except TimeoutError:
+            raise SignatureError(
+                f"the signing certificate did not arrive within {self._deadline_s:g} s"
+            ) from None
+        except httpx.HTTPError as error:
+            raise SignatureError(f"cannot fetch the signing certificate: {error!r}") from None
+        return _rsa_key(pem)
+
+
+class _VerifiedKeys:
+    """Keys of certificates that verified a signature, by URL, at most `size` of them:
+    AWS rotates its certificates rarely, so a few dozen is years of rotations; the least
+    recently used goes first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._keys: OrderedDict[str, rsa.RSAPublicKey] = OrderedDict()
+
+    def get(self, url: str) -> rsa.RSAPublicKey | None:
+        key = self._keys.get(url)
+        if key is not None:
+            self._keys.move_to_end(url)
         return key
+
+    def keep(self, url: str, key: rsa.RSAPublicKey) -> None:
+        self._keys[url] = key
+        self._keys.move_to_end(url)
+        while len(self._keys) > self._size:
+            self._keys.popitem(last=False)
+
+    def urls(self) -> tuple[str, ...]:
+        return tuple(self._keys)
+
+
+def _algorithm(signature_version: str) -> hashes.HashAlgorithm:
+    if signature_version == "1":
+        return hashes.SHA1()  # noqa: S303 - SNS SignatureVersion 1 is SHA1withRSA
+    if signature_version == "2":
+        return hashes.SHA256()
+    raise SignatureError(f"unknown SignatureVersion {signature_version!r}")
+
+
+def _signature_bytes(signature: str) -> bytes:
+    try:
+        return base64.b64decode(signature, validate=True)
+    except ValueError:  # binascii.Error, or a str holding non-ASCII characters
+        raise SignatureError("Signature is not base64") from None
+
+
+def _rsa_key(pem: bytes) -> rsa.RSAPublicKey:
+    if len(pem) > MAX_CERTIFICATE_BYTES:  # an injected fetcher is held to the bound too
+        raise SignatureError(_TOO_LARGE)
+    try:
+        key = x509.load_pem_x509_certificate(pem).public_key()
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise SignatureError(f"cannot read the signing certificate: {error}") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise SignatureError("the signing certificate's key is not RSA")
+    return key
 
 
 def _parse_timestamp(value: str) -> datetime:

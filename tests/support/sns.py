@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import select
+import socket
+import socketserver
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import msgspec
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -74,3 +79,82 @@ class SnsSigner:
         signature = self.key.sign(to_sign, padding.PKCS1v15(), digest)
         body["Signature"] = base64.b64encode(signature).decode()
         return body
+
+
+class CertificateServer:
+    """A real HTTP server on 127.0.0.1, in threads of its own, that answers every request
+    with `body`, `chunk` bytes at a time, `interval_s` apart: at once, or trickled as a
+    slow-drip attacker would. `cut_by_client` is set when the client hangs up first.
+
+    Threads, not the test's event loop: the in-process API runs in a loop of its own and
+    the test's loop waits for each answer, so a server in the test's loop would not serve.
+    """
+
+    def __init__(self, body: bytes, *, chunk: int = 65_536, interval_s: float = 0.0) -> None:
+        self.body = body
+        self.chunk = chunk
+        self.interval_s = interval_s
+        self.paths: list[str] = []
+        self.cut_by_client = threading.Event()
+        certificates = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                certificates.serve(self.request)
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port: int = self._server.server_address[1]
+
+    def __enter__(self) -> CertificateServer:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def serve(self, connection: socket.socket) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += connection.recv(4096)
+        self.paths.append(request.split(b" ")[1].decode())
+        pieces = [self.body[i : i + self.chunk] for i in range(0, len(self.body), self.chunk)]
+        try:
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(self.body)
+            )
+            for piece in pieces[:-1]:
+                connection.sendall(piece)
+                if _hung_up(connection, self.interval_s):
+                    self.cut_by_client.set()
+                    return
+            connection.sendall(pieces[-1])
+        except (BrokenPipeError, ConnectionResetError):
+            self.cut_by_client.set()
+
+
+def _hung_up(connection: socket.socket, wait_s: float) -> bool:
+    """Whether the client closed its end within `wait_s` (readable, then nothing to read)."""
+    readable, _, _ = select.select([connection], [], [], wait_s)
+    return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+
+
+class ToLocalServer(httpx.AsyncBaseTransport):
+    """Sends every request to a local server over plain HTTP, whatever its URL: the
+    verifier's URL rules see SNS's URL, the bytes come from the test's own server."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self._port)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Kept open: each download's client closes its transport, and the test reuses it."""
+
+    async def close_for_good(self) -> None:
+        await self._inner.aclose()
