@@ -30,6 +30,7 @@ from tests.support.processes import free_port, start_api
 from tests.support.storage import assert_nothing_stored, row_counts
 
 WEBHOOK = "/api/v1/webhooks/entity-permissions"
+RATE_LIMIT_KEYS = "ratelimit:webhook"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ROTATED = "whsec_" + "c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24="
 
@@ -437,10 +438,182 @@ async def test_the_allow_list_refuses_other_callers(log_dir: Path, db: asyncpg.C
 def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     guard = SourceGuard([], ["10.0.0.0/8"])
 
-    assert guard.client_address("203.0.113.9", "198.51.100.1") == "203.0.113.9"
-    assert guard.client_address("10.0.0.2", "198.51.100.1") == "198.51.100.1"
-    assert guard.client_address("10.0.0.2", "1.2.3.4, 198.51.100.1, 10.0.0.3") == "198.51.100.1"
-    assert guard.client_address("10.0.0.2", "garbage") == "10.0.0.2"
+    def client(peer: str, *lines: str) -> str | None:
+        address = guard.identify(peer, lines).address
+        return None if address is None else str(address)
+
+    assert client("203.0.113.9", "198.51.100.1") == "203.0.113.9"
+    assert client("10.0.0.2", "198.51.100.1") == "198.51.100.1"
+    assert client("10.0.0.2", "1.2.3.4, 198.51.100.1, 10.0.0.3") == "198.51.100.1"
+    assert client("10.0.0.2", "1.2.3.4", "198.51.100.1, 10.0.0.3") == "198.51.100.1"
+    assert client("10.0.0.2", "198.51.100.1", "") == "198.51.100.1"  # an empty line
+    assert client("10.0.0.2", " 198.51.100.1:8443 ,, 10.0.0.3:80 ") == "198.51.100.1"
+    assert client("10.0.0.2", "[2001:db8::1]:443") == "2001:db8::1"
+    assert client("10.0.0.2", "[2001:db8::1]") == "2001:db8::1"
+    assert client("10.0.0.2", "2001:db8::1") == "2001:db8::1"
+    assert client("10.0.0.2", "::ffff:198.51.100.1") == "198.51.100.1"
+    assert client("::ffff:10.0.0.2", "198.51.100.1") == "198.51.100.1"
+    assert client("10.0.0.2", "10.0.0.3") == "10.0.0.3"  # only proxies: the leftmost
+    assert client("10.0.0.2", "garbage") is None
+    assert client("10.0.0.2", "198.51.100.1, garbage") is None
+    assert client("203.0.113.9", "garbage") == "203.0.113.9"  # not a proxy: not read at all
+
+
+def test_rate_limit_buckets_ipv6_per_64_ipv4_per_address_unreadable_per_proxy() -> None:
+    guard = SourceGuard([], ["10.0.0.0/8"])
+
+    def bucket(*lines: str) -> str:
+        return guard.identify("10.0.0.2", lines).rate_key
+
+    assert bucket("2001:db8:1:2::1") == bucket("[2001:db8:1:2:ffff::9]:80") == "2001:db8:1:2::/64"
+    assert bucket("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert bucket("::ffff:198.51.100.1") == bucket("198.51.100.1:80") == "198.51.100.1"
+    assert bucket("garbage") == bucket("unknown") == "unreadable-via-10.0.0.2"
+    assert guard.identify("10.0.0.9", ["garbage"]).rate_key == "unreadable-via-10.0.0.9"
+
+
+PROXY = "127.0.0.2"  # a proxy of ours: another loopback address the tests connect from
+
+
+@pytest.fixture(scope="module")
+def proxied_api(log_dir: Path) -> Iterator[str]:
+    """Behind a proxy at 127.0.0.2 that is itself allowed (a health check's own address)."""
+    env = service_env(
+        TRUSTED_PROXIES=f"{PROXY}/32",
+        WEBHOOK_ALLOWED_CIDRS=f"10.0.0.0/8 2001:db8::/32 {PROXY}/32",
+    )
+    process, base_url = start_api(env, log_dir, "api-proxied")
+    yield base_url
+    process.stop()
+
+
+@pytest.fixture
+async def via_proxy(proxied_api: str, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.AsyncHTTPTransport(local_address=PROXY)
+    async with httpx.AsyncClient(base_url=proxied_api, transport=transport) as http:
+        yield http
+
+
+def _forwarded(*lines: str) -> list[tuple[bytes, bytes]]:
+    """Repeated X-Forwarded-For header lines, each sent as a line of its own, byte for byte
+    (Latin-1, as HTTP reads them)."""
+    return [
+        (b"content-type", b"application/json"),
+        *((b"x-forwarded-for", line.encode("latin-1")) for line in lines),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("lines", "status"),
+    [
+        # The client wrote the first line; the proxy appended its own line.
+        (["10.1.2.3", "192.0.2.7"], 403),
+        (["192.0.2.7", "10.1.2.3"], 200),
+        (["10.1.2.3", "192.0.2.7, 127.0.0.2"], 403),
+        (["192.0.2.7, 10.1.2.3", ""], 200),
+    ],
+)
+async def test_x_forwarded_for_every_header_line_is_read_right_to_left(
+    via_proxy: httpx.AsyncClient, db: asyncpg.Connection, lines: list[str], status: int
+) -> None:
+    body = json.dumps(seed_event())
+
+    response = await via_proxy.post(WEBHOOK, content=body, headers=_forwarded(*lines))
+
+    assert response.status_code == status, response.text
+    assert await stored(db) == (1 if status == 200 else 0)
+
+
+@pytest.mark.parametrize(
+    ("hop", "status"),
+    [
+        ("10.1.2.3:5555", 200),
+        ("192.0.2.7:5555", 403),
+        ("[2001:db8::7]:443", 200),
+        ("[2001:db9::7]:443", 403),
+        ("[2001:db8::7]", 200),
+        ("2001:db8::7", 200),
+        ("::ffff:10.1.2.3", 200),
+        ("::ffff:192.0.2.7", 403),
+        ("192.0.2.7 ,  10.1.2.3:80", 200),
+        ("10.1.2.3,127.0.0.2:8080", 200),
+        ("192.0.2.7, 127.0.0.2:8080", 403),
+    ],
+)
+async def test_x_forwarded_for_hops_are_read_with_ports_brackets_and_spaces(
+    via_proxy: httpx.AsyncClient, db: asyncpg.Connection, hop: str, status: int
+) -> None:
+    response = await via_proxy.post(
+        WEBHOOK, content=json.dumps(seed_event()), headers=_forwarded(hop)
+    )
+
+    assert response.status_code == status, response.text
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["garbage"],
+        ["unknown"],
+        ["10.1.2.3, garbage"],
+        ["10.1.2.3", "garbage"],
+        ["10.1.2.3:99999999"],
+        ["[10.1.2.3"],
+        ["10.1.2.3 10.1.2.4"],
+        ["10.1.2.3\xff"],
+    ],
+)
+async def test_x_forwarded_for_an_unreadable_hop_is_refused_not_taken_for_the_proxy(
+    via_proxy: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    redis_client: redis.Redis,
+    lines: list[str],
+) -> None:
+    # The proxy's own address is allowed: an unreadable hop must not pass as the proxy.
+    response = await via_proxy.post(
+        WEBHOOK, content=json.dumps(seed_event()), headers=_forwarded(*lines)
+    )
+
+    assert response.status_code == 403, response.text
+    assert "not an address" in response.json()["detail"]
+    await assert_nothing_stored(db, redis_client)
+
+
+async def test_x_forwarded_for_rate_limit_counts_ipv6_per_64_and_unreadable_hops_per_proxy(
+    log_dir: Path, db: asyncpg.Connection, redis_client: redis.Redis
+) -> None:
+    process, base_url = start_api(
+        service_env(TRUSTED_PROXIES=f"{PROXY}/32"), log_dir, "api-proxied-no-allow-list"
+    )
+    sent = {
+        "2001:db8:1:2::1": "2001:db8:1:2::/64",
+        "[2001:db8:1:2:ffff::9]:80": "2001:db8:1:2::/64",
+        "2001:db8:1:3::1": "2001:db8:1:3::/64",
+        "::ffff:10.1.2.3": "10.1.2.3",
+        "10.1.2.3:80": "10.1.2.3",
+        "garbage": f"unreadable-via-{PROXY}",
+        "unknown": f"unreadable-via-{PROXY}",
+    }
+    try:
+        transport = httpx.AsyncHTTPTransport(local_address=PROXY)
+        async with httpx.AsyncClient(base_url=base_url, transport=transport) as http:
+            for hop in sent:
+                body = json.dumps(seed_event())
+                response = await http.post(WEBHOOK, content=body, headers=_forwarded(hop))
+                assert response.status_code == 200, response.text
+    finally:
+        process.stop()
+
+    counted: dict[str, int] = {}
+    for key in await redis_client.keys(f"{RATE_LIMIT_KEYS}:*"):
+        bucket = key.removeprefix(f"{RATE_LIMIT_KEYS}:").rsplit(":", 1)[0]  # then the minute
+        counted[bucket] = counted.get(bucket, 0) + int(await redis_client.get(key))
+    assert counted == {
+        "2001:db8:1:2::/64": 2,
+        "2001:db8:1:3::/64": 1,
+        "10.1.2.3": 2,
+        f"unreadable-via-{PROXY}": 2,
+    }
 
 
 async def test_postgres_down_gets_503_never_2xx(log_dir: Path) -> None:

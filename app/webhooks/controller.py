@@ -71,10 +71,12 @@ class WebhookReceiver:
 
     async def admit(self, request: Request[Any, Any, Any]) -> None:
         peer = request.client.host if request.client else None
-        caller = self.guard.client_address(peer, request.headers.get("x-forwarded-for"))
+        # Every line: headers.get would return the first, which the client may have written.
+        forwarded_for = request.headers.getall("x-forwarded-for", [])
+        caller = self.guard.identify(peer, forwarded_for)
         if not self.guard.allows(caller):
-            raise Forbidden(detail=f"{caller} is not in WEBHOOK_ALLOWED_CIDRS")
-        if not await self.limiter.allow(caller):
+            raise Forbidden(detail=f"{caller.name} is not in WEBHOOK_ALLOWED_CIDRS")
+        if not await self.limiter.allow(caller.rate_key):
             raise TooManyRequests(detail="rate limit exceeded", headers={"Retry-After": "60"})
 
     def authenticate_direct(self, headers: dict[str, str], body: bytes) -> None:

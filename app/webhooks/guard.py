@@ -1,16 +1,27 @@
 """Who may call the webhook, and how often: an address allow list and a rate limit.
 
-The rate limit counts in Redis, so it holds across API workers and hosts. When Redis
-is unreachable the limit is not applied: a decision must still be accepted (it only
-needs PostgreSQL), and an outage is no time to refuse one.
+The caller is the peer, or, when the peer is one of TRUSTED_PROXIES, the address the
+nearest of our proxies was given: X-Forwarded-For, every header line joined in order
+(a client may write a line of its own, and some proxies, HAProxy's `option forwardfor`
+among them, append theirs as a new line), read from the right past our proxies. A hop
+our proxy passed on that is not an address is refused by the allow list; with none,
+such callers share one rate-limit bucket per proxy.
+
+The rate limit counts in Redis, so it holds across API workers and hosts, per IPv4
+address and per IPv6 /64 (what one customer usually holds; counting per /128 would let
+one machine take 2^64 buckets). When Redis is unreachable the limit is not applied: a
+decision must still be accepted (it only needs PostgreSQL), and an outage is no time to
+refuse one.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis.asyncio as redis
 
@@ -18,6 +29,22 @@ log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# The ways a hop is written: `ip`, `ip:port` (IPv4 only: in IPv6 the colons are the
+# address's own), `[v6]` and `[v6]:port`; spaces around any of them.
+_BRACKETED = re.compile(r"\[(?P<address>[^\]]+)\](?::[0-9]{1,5})?")
+_IPV4_AND_PORT = re.compile(r"(?P<address>[0-9.]+):[0-9]{1,5}")
+IPV6_BUCKET_PREFIX = 64
+_SHOWN = 64  # characters of an unreadable hop repeated in an answer
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling, as far as we may believe it."""
+
+    address: Address | None  # None: not an address (a hop our proxy passed on, a socket)
+    rate_key: str  # the rate-limit bucket
+    name: str  # for answers and logs
 
 
 def _networks(cidrs: Sequence[str]) -> list[Network]:
@@ -29,31 +56,63 @@ class SourceGuard:
         self._allowed = _networks(allowed_cidrs)
         self._proxies = _networks(trusted_proxies)
 
-    def client_address(self, peer: str | None, forwarded_for: str | None) -> str:
-        """The caller: the peer, or, behind our own proxies, the last address they added."""
-        address = _parse(peer)
+    def identify(self, peer: str | None, forwarded_for: Sequence[str]) -> Caller:
+        """The caller, from the peer and every X-Forwarded-For line, in the order received."""
+        address = parse_hop(peer or "")
         if address is None:
-            return peer or "unknown"
-        if forwarded_for and self._is_proxy(address):
-            # Read right to left: addresses our proxies appended; the first one that is
-            # not a proxy of ours is the client (anything left of it is the client's say).
-            for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
-                hop_address = _parse(hop)
-                if hop_address is None:
-                    break
-                address = hop_address
-                if not self._is_proxy(hop_address):
-                    break
-        return str(address)
+            return Caller(None, "peer-not-an-address", f"peer {_shown(peer or '')}")
+        # Right to left: the hops our proxies appended; the first that is not a proxy of
+        # ours is the client (anything left of it is the client's own say).
+        for hop in reversed(_hops(forwarded_for)):
+            if not self._is_proxy(address):
+                break
+            via, address = address, parse_hop(hop)
+            if address is None:
+                return Caller(
+                    None,
+                    f"unreadable-via-{rate_bucket(via)}",
+                    f"X-Forwarded-For hop {_shown(hop)} from {via}, not an address,",
+                )
+        return Caller(address, rate_bucket(address), str(address))
 
-    def allows(self, client: str) -> bool:
+    def allows(self, caller: Caller) -> bool:
         if not self._allowed:
             return True
-        address = _parse(client)
+        address = caller.address
         return address is not None and any(address in network for network in self._allowed)
 
     def _is_proxy(self, address: Address) -> bool:
         return any(address in network for network in self._proxies)
+
+
+def _hops(lines: Sequence[str]) -> list[str]:
+    """Every hop of every line, in order; empty list elements are ignored (RFC 9110 5.6.1)."""
+    return [hop for line in lines for hop in (part.strip() for part in line.split(",")) if hop]
+
+
+def parse_hop(hop: str) -> Address | None:
+    """An address written as `ip`, `ip:port`, `[v6]` or `[v6]:port`; IPv4-mapped IPv6 as
+    IPv4. None for anything else."""
+    hop = hop.strip()
+    written = _BRACKETED.fullmatch(hop) or _IPV4_AND_PORT.fullmatch(hop)
+    try:
+        address = ipaddress.ip_address(written["address"] if written else hop)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def rate_bucket(address: Address) -> str:
+    """An IPv4 address; an IPv6 address's /64."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    return str(ipaddress.IPv6Network((address, IPV6_BUCKET_PREFIX), strict=False))
+
+
+def _shown(text: str) -> str:
+    return repr(text[:_SHOWN] + ("..." if len(text) > _SHOWN else ""))
 
 
 class RateLimiter:
@@ -84,10 +143,3 @@ class RateLimiter:
             log.info("rate limit applied again: Redis answers")
             self._redis_down = False
         return int(count) <= self._per_minute
-
-
-def _parse(value: str | None) -> Address | None:
-    try:
-        return ipaddress.ip_address(value or "")
-    except ValueError:
-        return None
