@@ -63,8 +63,20 @@ def serve_http(factory: str, host: str, port: int) -> None:
     """Serve an app factory ("module:function") with uvicorn; logging stays ours.
 
     The factory checks the configuration; a refusal ends the process like any other
-    command's, with its reason and no traceback."""
+    command's, with its reason and no traceback. uvicorn's own X-Forwarded-For handling
+    is off: it believes any loopback peer (FORWARDED_ALLOW_IPS, default 127.0.0.1) and
+    rewrites the client address before the app sees it, whatever TRUSTED_PROXIES says.
+    The webhook's guard is the one reader.
+    """
     try:
-        uvicorn.run(factory, factory=True, host=host, port=port, log_config=None, access_log=False)
+        uvicorn.run(
+            factory,
+            factory=True,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+        )
     except ConfigError as error:
         refuse_to_start(error)

@@ -616,6 +616,24 @@ async def test_x_forwarded_for_rate_limit_counts_ipv6_per_64_and_unreadable_hops
     }
 
 
+async def test_x_forwarded_for_is_not_believed_from_a_loopback_peer_outside_trusted_proxies(
+    log_dir: Path, db: asyncpg.Connection
+) -> None:
+    # uvicorn believed X-Forwarded-For from any loopback peer, whatever TRUSTED_PROXIES said.
+    env = service_env(WEBHOOK_ALLOWED_CIDRS="10.0.0.0/8")
+    process, base_url = start_api(env, log_dir, "api-no-trusted-proxy")
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            response = await http.post(
+                WEBHOOK, content=json.dumps(seed_event()), headers=_forwarded("10.1.2.3")
+            )
+    finally:
+        process.stop()
+
+    assert response.status_code == 403, response.text
+    assert await stored(db) == 0
+
+
 async def test_postgres_down_gets_503_never_2xx(log_dir: Path) -> None:
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/marketdb_test"
     process, base_url = start_api(service_env(DATABASE_URL=closed), log_dir, "api-webhook-no-pg")
