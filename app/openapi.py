@@ -20,7 +20,9 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     Components,
     OpenAPIMediaType,
+    OpenAPIType,
     Operation,
+    Parameter,
     Reference,
     RequestBody,
     Schema,
@@ -160,11 +162,41 @@ def webhook_body() -> Schema:
     return Schema(one_of=[from_json_schema(document) for document in documents])
 
 
+# The headers the webhook reads from the request itself, documented (so that clients,
+# and schemathesis, see them) but not declared as handler parameters: Litestar would
+# then validate or coerce them before the signature is checked on the raw values.
+WEBHOOK_HEADERS = {
+    "webhook-id": "Standard Webhooks: the message id, printable ASCII; signed with the body.",
+    "webhook-timestamp": "Standard Webhooks: Unix time in seconds, 1 to 15 digits, within "
+    "5 minutes of ours.",
+    "webhook-signature": "Standard Webhooks: space-separated `v1,<base64>` HMAC-SHA256 "
+    "signatures of `id.timestamp.body`, one per secret the sender holds.",
+    "x-amz-sns-message-type": "Set by Amazon SNS (Notification, SubscriptionConfirmation, "
+    "UnsubscribeConfirmation). Informational: the body decides, an object with SNS's Type "
+    "field being an SNS envelope.",
+    "x-forwarded-for": "Believed only from TRUSTED_PROXIES: every line, in order, read "
+    "right to left; hops written `ip`, `ip:port` or `[ipv6]:port`.",
+}
+
+
 @dataclasses.dataclass
 class WebhookOperation(Operation):
-    """The webhook's operation, with the body it reads itself documented."""
+    """The webhook's operation, with the body and headers it reads itself documented."""
 
     def __post_init__(self) -> None:
+        self.parameters = [
+            *(self.parameters or []),
+            *(
+                Parameter(
+                    name=name,
+                    param_in="header",
+                    required=False,
+                    schema=Schema(type=OpenAPIType.STRING),
+                    description=description,
+                )
+                for name, description in WEBHOOK_HEADERS.items()
+            ),
+        ]
         # Inline: Litestar rebuilds components/schemas from the types it has seen itself.
         self.request_body = RequestBody(
             content={"application/json": OpenAPIMediaType(schema=webhook_body())},

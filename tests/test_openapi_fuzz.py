@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from app.json_limits import MAX_NESTING
+from app.openapi import WEBHOOK_HEADERS
 from tests.conftest import service_env
 from tests.support.api_fuzz import fuzz
 from tests.support.processes import start_api
@@ -63,3 +66,16 @@ def test_schemathesis_finds_no_failure_in_any_operation(fuzzed_api: str, db: obj
     assert report.tested >= report.operations, report.operations - report.tested
     assert len(report.operations) >= 11
     assert report.cases > 500
+
+
+def test_the_document_states_the_nesting_limit_and_the_webhook_headers(fuzzed_api: str) -> None:
+    paths = httpx.get(f"{fuzzed_api}/schema/openapi.json").json()["paths"]
+    register = paths["/api/v1/markets/register"]["post"]
+    webhook = paths["/api/v1/webhooks/entity-permissions"]["post"]
+
+    for operation in (register, webhook):
+        assert f"{MAX_NESTING} levels" in operation["description"]
+        assert f"{MAX_NESTING} levels" in operation["responses"]["400"]["description"]
+    documented = {p["name"]: p for p in webhook["parameters"] if p["in"] == "header"}
+    assert set(documented) == set(WEBHOOK_HEADERS)
+    assert all(not p["required"] and p["schema"] == {"type": "string"} for p in documented.values())

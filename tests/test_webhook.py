@@ -184,6 +184,21 @@ async def test_bad_input_gets_400_naming_the_fields_and_stores_nothing(
     assert await stored(db) == 0
 
 
+@pytest.mark.parametrize("value", [b"Notification", b"\xff\tjunk", b"1" + b"0" * 400])
+async def test_the_body_not_the_sns_message_type_header_decides_how_a_request_is_read(
+    client: httpx.AsyncClient, db: asyncpg.Connection, value: bytes
+) -> None:
+    # Only the body is signed: a direct event is verified as one (here: unsigned, as this
+    # API allows), whatever x-amz-sns-message-type says; an SNS envelope is verified as SNS
+    # without it (test_webhook_sns).
+    headers = {"content-type": "application/json", "x-amz-sns-message-type": value}
+
+    response = await client.post(WEBHOOK, content=json.dumps(seed_event()), headers=headers)
+
+    assert response.json()["status"] == "accepted", response.text
+    assert await stored(db) == 1
+
+
 def with_payload_nested(levels: int) -> bytes:
     """An event of another type whose payload nests `levels` deep (the body: levels + 1)."""
     event = seed_event(event_type="market.suspended", payload="<payload>")

@@ -27,7 +27,6 @@ from app.webhooks.standard import SignatureError
 log = logging.getLogger(__name__)
 
 MAX_WEBHOOK_BODY = 256 * 1024
-SNS_TYPE_HEADER = "x-amz-sns-message-type"
 ACCEPTED_MEDIA_TYPES = ("application/json", "text/plain")  # SNS posts text/plain
 
 
@@ -111,8 +110,12 @@ _RESPONSES = error_responses(
 
 
 def is_sns_envelope(document: Any) -> bool:
-    """SNS's `Type` field, which a direct event never has: the envelope without its header
-    (a proxy may drop it) is still checked as SNS, never read as a malformed event."""
+    """SNS's `Type` field, which a direct event never has.
+
+    The body decides, not the x-amz-sns-message-type header: only the body is signed. An
+    envelope without its header (a proxy may drop it) is still verified as SNS, and a
+    direct event is verified as one whatever the header says.
+    """
     return isinstance(document, dict) and "Type" in document
 
 
@@ -146,7 +149,7 @@ class WebhookController(Controller):
             )
         body = await request.body()
         document = decode_json(body)
-        if request.headers.get(SNS_TYPE_HEADER) or is_sns_envelope(document):
+        if is_sns_envelope(document):
             return await self._sns(document, uow, receiver)
         receiver.authenticate_direct(dict(request.headers), body)
         return await intake.accept(uow, read_event(document))
