@@ -5,6 +5,11 @@ Every operation gets schema-valid and schema-violating requests, single and chai
 status code the document does not list, responses matching their schema, invalid input
 refused, valid input accepted, auth not ignored. A fixed seed and example budget, no
 example database: CI repeats the same run.
+
+On top of what the schema describes (tests/support/api_fuzz.py): bodies nested past the
+32-level limit, and hostile values (non-ASCII, huge numbers) in every documented header
+and in Content-Type. The webhook runs twice: unsigned, so that its bodies are read, and
+signed behind a trusted proxy, so that its signature headers and X-Forwarded-For are.
 """
 
 from __future__ import annotations
@@ -66,6 +71,43 @@ def test_schemathesis_finds_no_failure_in_any_operation(fuzzed_api: str, db: obj
     assert report.tested >= report.operations, report.operations - report.tested
     assert len(report.operations) >= 11
     assert report.cases > 500
+
+
+@pytest.fixture(scope="module")
+def signed_api(log_dir: Path) -> Iterator[str]:
+    """Signed webhooks, the tests' loopback address a trusted proxy: every header is read."""
+    env = service_env(
+        WEBHOOK_SECRETS="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        TRUSTED_PROXIES="127.0.0.1/32 ::1/128",
+    )
+    process, base_url = start_api(env, log_dir, "api-fuzzed-signed")
+    try:
+        yield base_url
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("header", [*WEBHOOK_HEADERS, "content-type"])
+def test_schemathesis_finds_no_failure_in_the_signed_webhook_with_one_header_hostile(
+    signed_api: str, db: object, header: str
+) -> None:
+    # Every request is unsigned (401): what is fuzzed is what is read before that answer.
+    # One header hostile at a time, the others well-formed, so that it is read at all.
+    fuzzing_only = {
+        **CONFIG,
+        "phases": {"examples": {"enabled": False}, "coverage": {"enabled": False}},
+        "generation": {**CONFIG["generation"], "max-examples": 60},
+    }
+    report = fuzz(
+        f"{signed_api}/schema/openapi.json",
+        config=fuzzing_only,
+        paths=["/api/v1/webhooks/entity-permissions"],
+        hostile_header=header,
+    )
+
+    assert report.failures == [], "\n\n".join(report.failures)
+    assert report.tested == report.operations == {"POST /api/v1/webhooks/entity-permissions"}
+    assert report.cases >= 30
 
 
 def test_the_document_states_the_nesting_limit_and_the_webhook_headers(fuzzed_api: str) -> None:

@@ -1,4 +1,5 @@
-"""Hypothesis strategies for JSON documents: anything, and the API's bodies valid or spoilt."""
+"""Hypothesis strategies for JSON documents: anything, and the API's bodies valid or spoilt;
+bodies nested past the limit; and header values as a hostile client writes them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from app.approvals.domain import DECISION_OF_EVENT
+from app.json_limits import MAX_NESTING
 from app.markets.domain import AssetType
 from app.markets.schemas import MAX_TOTAL_SUPPLY
 
@@ -127,6 +129,90 @@ def nested_json(depth: int, *, closed: bool = True, inner: bytes = b"1") -> byte
     openers = [b"[" if level % 2 == 0 else b'{"k":' for level in range(depth)]
     closers = [b"]" if level % 2 == 0 else b"}" for level in reversed(range(depth))]
     return b"".join(openers) + inner + (b"".join(closers) if closed else b"")
+
+
+# Nesting past the limit, weighted towards what broke before it existed: a level over,
+# hundreds (a recursive walk's RecursionError), thousands and more (the decoder's).
+# 60,000 levels with a body still fit under the webhook's 256 KiB.
+too_deep = st.sampled_from([60_000, 20_000, 5_000, 1_200, 400, MAX_NESTING + 1]) | st.integers(
+    MAX_NESTING + 1, 3_000
+)
+_MARK = "\u0001nested here\u0001"
+
+
+def deepen(body: Any, depth: int, *, at: str | None, closed: bool) -> bytes:
+    """`body` as JSON with the value at key `at` (the body itself with None) nested `depth`
+    levels deeper; `closed=False` leaves those brackets open."""
+    if at is None:
+        return nested_json(depth, inner=json.dumps(body).encode(), closed=closed)
+    spelt = json.dumps({**body, at: _MARK}).encode()
+    return spelt.replace(json.dumps(_MARK).encode(), nested_json(depth, closed=closed), 1)
+
+
+@st.composite
+def nested_too_deep(
+    draw: st.DrawFn, bodies: st.SearchStrategy[Any], depths: st.SearchStrategy[int] = too_deep
+) -> bytes:
+    """A body with one of its values, or itself, nested past MAX_NESTING."""
+    body = draw(bodies)
+    keys = sorted(body) if isinstance(body, dict) else []
+    at = draw(st.sampled_from([None, *keys]))
+    return deepen(body, draw(depths), at=at, closed=draw(st.booleans()))
+
+
+# Header values, as bytes on the wire. Any byte but CR and LF (which would end the
+# header): control bytes, which the HTTP parser refuses, and Latin-1 (obs-text), which
+# reaches the app; numbers too large for a float or for int()'s 4,300 digits.
+header_bytes = st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+non_ascii_bytes = st.binary(min_size=1, max_size=20).map(lambda b: bytes(x | 0x80 for x in b))
+# Digits: past 2^53 and 2^63, past a float (309), at and past int()'s 4,300-digit limit.
+HUGE_NUMBER_DIGITS = st.sampled_from([17, 309, 400, 1_000, 4_300, 4_301]) | st.integers(16, 5_000)
+huge_numbers = HUGE_NUMBER_DIGITS.flatmap(
+    lambda n: st.sampled_from(
+        [b"1" + b"0" * n, b"9" * n, b"-" + b"9" * n, b"1" + b"0" * n + b".5", b"1e%d" % n]
+    )
+)
+hostile_header_values = header_bytes | non_ascii_bytes | huge_numbers
+# Replaced by the current Unix time when sent: a signature is only compared when the
+# webhook-timestamp is fresh, so hostile signatures need a fresh timestamp beside them.
+NOW = b"\x00now"
+
+
+def _media_type_with(value: bytes) -> bytes:
+    return b"application/json; charset=" + value
+
+
+# Each header the webhook reads: a well-formed value, so that the checks after it run,
+# or a hostile one.
+webhook_header_values: dict[str, st.SearchStrategy[bytes]] = {
+    "webhook-id": st.just(b"msg_1") | hostile_header_values,
+    "webhook-timestamp": st.just(NOW) | hostile_header_values,
+    "webhook-signature": (
+        (hostile_header_values | st.just(b"")).map(lambda value: b"v1," + value)
+        | hostile_header_values
+    ),
+    "x-amz-sns-message-type": st.just(b"Notification") | hostile_header_values,
+    "content-type": (
+        st.sampled_from([b"application/json", b"text/plain"])
+        | hostile_header_values
+        | hostile_header_values.map(_media_type_with)
+    ),
+    "x-forwarded-for": (
+        st.sampled_from([b"10.1.2.3", b"[2001:db8::1]:443", b"10.1.2.3, 192.0.2.7:80"])
+        | hostile_header_values
+        | huge_numbers.map(lambda number: b"10.1.2.3:" + number)
+    ),
+}
+webhook_headers = st.fixed_dictionaries(
+    {
+        name: webhook_header_values[name]
+        for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+    },
+    optional={
+        name: webhook_header_values[name]
+        for name in ("x-amz-sns-message-type", "content-type", "x-forwarded-for")
+    },
+)
 
 
 def json_value(document: Any) -> Any:
