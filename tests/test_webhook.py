@@ -27,7 +27,9 @@ from tests.support.json_strategies import nested_json
 from tests.support.markets import REGISTER, seed_body
 from tests.support.outbox import wait_until
 from tests.support.processes import free_port, start_api
+from tests.support.sns import CERT_URL, TOPIC_ARN, SnsSigner
 from tests.support.storage import assert_nothing_stored, row_counts
+from tests.test_register import with_asset_details_nested
 
 WEBHOOK = "/api/v1/webhooks/entity-permissions"
 RATE_LIMIT_KEYS = "ratelimit:webhook"
@@ -647,6 +649,50 @@ async def test_x_forwarded_for_is_not_believed_from_a_loopback_peer_outside_trus
 
     assert response.status_code == 403, response.text
     assert await stored(db) == 0
+
+
+async def test_bad_input_before_authentication_gets_4xx_and_logs_no_traceback(
+    log_dir: Path, db: asyncpg.Connection, redis_client: redis.Redis
+) -> None:
+    # Each of these was a 500 with a traceback in the log (issue item 7).
+    env = service_env(
+        WEBHOOK_SECRETS=SECRET, SNS_TOPIC_ARNS=TOPIC_ARN, TRUSTED_PROXIES="127.0.0.1/32"
+    )
+    process, base_url = start_api(env, log_dir, "api-bad-input")
+    signer = SnsSigner()
+    body = json.dumps(seed_event()).encode()
+    json_type = {"content-type": "application/json"}
+    sns_type = {"content-type": "text/plain", "x-amz-sns-message-type": "Notification"}
+
+    def sns(**changes: str) -> bytes:
+        message = signer.message(message=seed_event(), cert_url=changes.pop("cert_url", CERT_URL))
+        return json.dumps({**message, **changes}).encode()
+
+    requests: list[tuple[str, bytes, dict[str, str | bytes]]] = [
+        (WEBHOOK, b"[" * 100_000, json_type),
+        (REGISTER, b"[" * 100_000, json_type),
+        (REGISTER, with_asset_details_nested(400), json_type),
+        (WEBHOOK, body, {**signed_headers(body), "webhook-signature": b"v1,\xff"}),
+        (WEBHOOK, body, {**signed_headers(body), "webhook-timestamp": b"1" + b"0" * 400}),
+        (WEBHOOK, body, {**json_type, "x-forwarded-for": "garbage, [::1"}),
+        (WEBHOOK, sns(cert_url=CERT_URL.replace(".com/", ".com:99999/")), sns_type),
+        (WEBHOOK, sns(cert_url=CERT_URL.replace("Simple", "Simple\t")), sns_type),
+        (WEBHOOK, sns(Signature="\u00e9" * 344), sns_type),
+    ]
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+            statuses = [
+                (await http.post(path, content=content, headers=headers)).status_code
+                for path, content, headers in requests
+            ]
+    finally:
+        process.stop()
+
+    assert statuses == [400, 400, 400, 401, 401, 401, 401, 401, 401]
+    log = process.log_text()
+    assert "Traceback" not in log
+    assert "unhandled error" not in log
+    await assert_nothing_stored(db, redis_client)
 
 
 async def test_postgres_down_gets_503_never_2xx(log_dir: Path) -> None:
