@@ -26,9 +26,12 @@ MAX_NESTING: Final = 32  # levels of objects and arrays in any JSON document we 
 # the failed record of the event it came from).
 TOO_DEEP_MARKER: Final = "<value nested too deep: dropped>"
 
-# A whole string, escapes included (the unrolled form keeps the regex linear), so that
-# brackets inside strings are not counted; or one bracket.
-_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
+# A whole string, escapes included, so that brackets inside strings are not counted; or
+# one bracket. A string that never closes runs to the end of the text: the decoder stops
+# there, and a pattern that could not match it was tried again from every quote inside
+# it, quadratic (80 KB of \" took 40 s). Every attempt now matches where it starts, and
+# the unrolled loop cannot backtrack, so one pass is linear.
+_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)'
 _STRINGS = re.compile(_STRING, re.DOTALL)
 _TOKENS = re.compile(_STRING + rb"|[\[\]{}]", re.DOTALL)
 _OPENING = frozenset(b"[{")
@@ -84,8 +87,11 @@ def cap_nesting(raw: bytes, limit: int) -> tuple[bytes, bool]:
                 kept_from = token.end()
                 cut_at = -1
             depth -= 1
-    if cut_at >= 0:  # never closed: the text is malformed; the decoder will say so
-        return raw, False
+    if cut_at >= 0:
+        # Never closed: the text is malformed, and the decoder would recurse through the
+        # unclosed levels (100,000 [ is a RecursionError) before saying so. Up to where the
+        # too-deep value opened, it says so within the limit.
+        return raw[:cut_at], False
     pieces.append(raw[kept_from:])
     return b"".join(pieces), True
 

@@ -21,11 +21,12 @@ from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.json_limits import MAX_NESTING
+from app.json_limits import MAX_NESTING, cap_nesting, nesting_depth
 from app.validation import RequestValidationError, decode_json
 from app.webhooks import standard
 from app.webhooks.guard import SourceGuard
@@ -37,6 +38,7 @@ from tests.support.json_strategies import (
     hostile_values,
     huge_numbers,
     json_value,
+    json_values,
     nested_too_deep,
     poisoned,
     register_bodies,
@@ -368,3 +370,41 @@ def test_decoding_any_bytes_gives_a_document_or_a_400(raw: bytes) -> None:
         decode_json(raw)
     except RequestValidationError as refused:
         assert [error.field for error in refused.errors] == ["body"]
+
+
+def test_an_unterminated_string_hides_every_bracket_after_it() -> None:
+    # Brackets after a string that never closes are not counted: the decoder stops there.
+    # A pattern that could not match such a string was retried from every quote in it,
+    # quadratic: 80 KB of \" took 40 s (a 256 KiB body, minutes of the event loop).
+    raw = b"[" * (MAX_NESTING + 1) + b'"' + b'\\"' * 100 + b"[" * 100
+
+    assert nesting_depth(raw) == MAX_NESTING + 1
+    assert nesting_depth(b'["a\\') == 1  # a lone backslash at the end
+    assert nesting_depth(b'[["]]"]]') == 2  # brackets inside a string never count
+
+
+@quick
+@given(document=json_values)
+def test_nesting_depth_of_any_json_document_is_its_depth(document: Any) -> None:
+    def depth(value: Any) -> int:
+        children = value.values() if isinstance(value, dict) else value
+        if not isinstance(value, dict | list):
+            return 0
+        return 1 + max((depth(child) for child in children), default=0)
+
+    assert nesting_depth(json.dumps(document).encode()) == depth(document)
+
+
+@quick
+@given(
+    raw=st.binary()
+    | nested_too_deep(webhook_events)
+    | st.sampled_from([b"[" * 100_000, b'{"a":' * 50_000, b'[{"a": [' + b"[" * 5_000 + b"]]}"])
+)
+def test_cap_nesting_of_any_text_leaves_the_decoder_nothing_to_recurse_into(raw: bytes) -> None:
+    # A feed page is capped, then decoded: whatever it held, the decoder answers with a
+    # document or DecodeError, never RecursionError (100,000 unclosed [ used to pass as is).
+    capped, _ = cap_nesting(raw, MAX_NESTING)
+
+    with contextlib.suppress(msgspec.DecodeError):
+        msgspec.json.decode(capped)

@@ -215,6 +215,8 @@ def with_payload_nested(levels: int) -> bytes:
         pytest.param(nested_json(60_000), id="60000 levels closed"),
         pytest.param(with_payload_nested(400), id="payload 400 deep"),
         pytest.param(with_payload_nested(MAX_NESTING), id="one level too deep"),
+        # A string that never closes, full of escaped quotes: was quadratic to measure.
+        pytest.param(b"[" * 33 + b'"' + b'\\"' * 100_000, id="unterminated string of quotes"),
     ],
 )
 async def test_bad_input_a_body_nested_deeper_than_32_levels_gets_400_naming_the_limit(
