@@ -471,6 +471,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     assert client("10.0.0.2", "[2001:db8::1]") == "2001:db8::1"
     assert client("10.0.0.2", "2001:db8::1") == "2001:db8::1"
     assert client("10.0.0.2", "::ffff:198.51.100.1") == "198.51.100.1"
+    assert client("10.0.0.2", f"[fe80::1%{'x' * 500}]:80") == "fe80::1"  # no zone kept
     assert client("::ffff:10.0.0.2", "198.51.100.1") == "198.51.100.1"
     assert client("10.0.0.2", "10.0.0.3") == "10.0.0.3"  # only proxies: the leftmost
     assert client("10.0.0.2", "garbage") is None

@@ -92,15 +92,18 @@ def _hops(lines: Sequence[str]) -> list[str]:
 
 def parse_hop(hop: str) -> Address | None:
     """An address written as `ip`, `ip:port`, `[v6]` or `[v6]:port`; IPv4-mapped IPv6 as
-    IPv4. None for anything else."""
+    IPv4, without an IPv6 zone. None for anything else."""
     hop = hop.strip()
     written = _BRACKETED.fullmatch(hop) or _IPV4_AND_PORT.fullmatch(hop)
     try:
         address = ipaddress.ip_address(written["address"] if written else hop)
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.scope_id is not None:  # a zone (%eth0) means nothing off the sender's host
+            return ipaddress.IPv6Address(address.packed)
     return address
 
 
