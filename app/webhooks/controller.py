@@ -93,6 +93,7 @@ _RESPONSES = error_responses(
     400,
     401,
     403,
+    409,
     413,
     415,
     429,
@@ -103,6 +104,8 @@ _RESPONSES = error_responses(
         "before it is read.",
         401: "Missing or bad signature (Standard Webhooks or SNS)",
         403: "Caller not in WEBHOOK_ALLOWED_CIDRS",
+        409: "Another event already received under this event_id (its event_type, source "
+        "or payload differ); the differing fields are listed, the first copy stands",
         413: "Body over 256 KiB",
         415: "Content-Type neither application/json nor text/plain",
     },
