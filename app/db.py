@@ -25,6 +25,14 @@ UNAVAILABLE_ERRORS: Final[tuple[type[Exception], ...]] = (
     asyncpg.InternalClientError,
 )
 
+# A value the database will not take (out of its range, against a constraint, too big
+# to index): the input's fault, never to be retried as it is.
+REFUSED_VALUE_ERRORS: Final[tuple[type[Exception], ...]] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+
 # Everything a worker retries after a pause: the above, a broken session, a failed statement.
 RETRYABLE_ERRORS: Final[tuple[type[Exception], ...]] = (
     *UNAVAILABLE_ERRORS,

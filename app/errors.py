@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -146,6 +147,17 @@ def _database_unavailable(request: AnyRequest, exc: Exception) -> Response[Error
     )
 
 
+def _refused_value(request: AnyRequest, exc: asyncpg.DataError) -> Response[ErrorBody]:
+    """A value PostgreSQL will not take (out of its range): the request's, so a 400. Every
+    input is validated before it is stored; this one got past, so it is logged too."""
+    log.warning("PostgreSQL refused a value of %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        HTTP_400_BAD_REQUEST,
+        "Invalid request",
+        [FieldError("body", f"a value the database does not accept: {exc}")],
+    )
+
+
 def _unexpected(request: AnyRequest, exc: Exception) -> Response[ErrorBody]:
     # The app is built without Litestar's logging config, so nothing else would log it.
     log.error("unhandled error during %s %s", request.method, request.url.path, exc_info=exc)
@@ -162,5 +174,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_error,
     SignatureError: _unauthorized,
     **{error: _database_unavailable for error in UNAVAILABLE_ERRORS},
+    asyncpg.DataError: _refused_value,
     Exception: _unexpected,
 }

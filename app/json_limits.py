@@ -33,7 +33,8 @@ TOO_DEEP_MARKER: Final = "<value nested too deep: dropped>"
 # the unrolled loop cannot backtrack, so one pass is linear.
 _STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)'
 _STRINGS = re.compile(_STRING, re.DOTALL)
-_TOKENS = re.compile(_STRING + rb"|[\[\]{}]", re.DOTALL)
+# Runs of brackets are read whole: a flood of them costs one token, not one each.
+_TOKENS = re.compile(_STRING + rb"|[\[{]+|[\]}]+", re.DOTALL)
 _OPENING = frozenset(b"[{")
 # Brackets as signed bytes: +1 for [ and {, -1 for ] and }; everything else deleted.
 _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
@@ -74,19 +75,20 @@ def cap_nesting(raw: bytes, limit: int) -> tuple[bytes, bool]:
     depth = 0
     cut_at = -1  # where the value being dropped opened, or -1
     for token in _TOKENS.finditer(raw):
-        first = token.group()[0]
+        first, start, length = token.group()[0], token.start(), token.end() - token.start()
         if first == ord('"'):
             continue
         if first in _OPENING:
-            depth += 1
-            if depth == limit + 1 and cut_at < 0:
-                cut_at = token.start()
-        else:
-            if depth == limit + 1 and cut_at >= 0:
-                pieces += [raw[kept_from:cut_at], _MARKER_JSON]
-                kept_from = token.end()
-                cut_at = -1
-            depth -= 1
+            if cut_at < 0 and depth <= limit < depth + length:
+                cut_at = start + limit - depth  # the bracket that opens level limit + 1
+            depth += length
+            continue
+        if cut_at >= 0 and depth - length <= limit:
+            closes = start + depth - limit  # just past the bracket that closes it
+            pieces += [raw[kept_from:cut_at], _MARKER_JSON]
+            kept_from = closes
+            cut_at = -1
+        depth -= length
     if cut_at >= 0:
         # Never closed: the text is malformed, and the decoder would recurse through the
         # unclosed levels (100,000 [ is a RecursionError) before saying so. Up to where the

@@ -84,7 +84,11 @@ def drain_script(batch: int) -> str:
             "\\set first (:round - 1) * :batch + 1",
             "\\set last :round * :batch",
             "BEGIN;",
-            SELECT_BATCH_SQL.replace("$1", ":batch").strip() + ";",
+            # The one relay leads with the newest term.
+            SELECT_BATCH_SQL.replace("$1", ":batch")
+            .replace("$2::bigint", "(SELECT last_value FROM outbox_relay_terms)")
+            .strip()
+            + ";",
             MARK_PUBLISHED_SQL.replace("$1::bigint[]", batch_ids + "::bigint[]").strip() + ";",
             "COMMIT;",
         ]

@@ -27,6 +27,8 @@ from app.db import DEAD_CLIENT_SETTINGS, RETRYABLE_ERRORS, UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 
+IDLE_SESSION_TIMEOUT = "10s"
+
 
 def lock_key(name: str) -> int:
     """A stable signed 64-bit key for a lock name."""
@@ -70,6 +72,11 @@ class Leadership:
                         timeout=5,
                         server_settings={
                             **DEAD_CLIENT_SETTINGS,
+                            # A paused or hung process answers keepalives from its
+                            # kernel but sends nothing: the server ends the session, and
+                            # the lock, once it is idle this long (the heartbeat queries
+                            # every second while the process runs).
+                            "idle_session_timeout": IDLE_SESSION_TIMEOUT,
                             # Seen by the API's /metrics: who runs, and who leads.
                             "application_name": self.session_name,
                         },
@@ -106,6 +113,18 @@ class Leadership:
     async def _draw_term(self) -> int:
         assert self.connection is not None and self._term_sequence
         return int(await self.connection.fetchval("SELECT nextval($1)", self._term_sequence))
+
+    async def draw_term_above(self, floor: int) -> int:
+        """Move the sequence past `floor` (a term seen elsewhere) and draw our term anew."""
+        assert self.connection is not None and self._term_sequence
+        await self.connection.execute(
+            "SELECT setval($1::text::regclass, greatest($2::bigint, $3::bigint))",
+            self._term_sequence,
+            floor,
+            await self.newest_term(),
+        )
+        self.term = await self._draw_term()
+        return self.term
 
     async def listen(self, channel: str, on_notify: Callable[[], None]) -> None:
         """Call `on_notify` for each NOTIFY on `channel`, on the lock's own session."""

@@ -41,10 +41,10 @@ from app.process import stop_on_signals
 from app.redis_client import connect_redis
 from app.settings import Settings
 from outbox import NOTIFY_CHANNEL
-from outbox.streams import TRIMMED_STREAMS
+from outbox.streams import TRIMMED_STREAMS, entry_time
 from outbox.writer import Connection
 from relay.leadership import Leadership
-from relay.publisher import GroupLoss, RedisLostData, RelayFenced, StreamPublisher
+from relay.publisher import GroupLoss, RedisLostData, RelayFenced, StreamLost, StreamPublisher
 from relay.retention import apply_retention
 
 log = logging.getLogger("relay.outbox")
@@ -70,6 +70,9 @@ SELECT id, stream, event_id, event_type, source, aggregate_type, aggregate_id,
        payload::text AS payload, context::text AS context, id::text AS outbox_id
 FROM outbox
 WHERE published_at IS NULL
+  -- A fence in PostgreSQL too: a leader whose term a newer one has drawn since locks
+  -- nothing, so that its rows are never what makes the new leader skip ahead.
+  AND $2::bigint >= (SELECT last_value FROM outbox_relay_terms)
 ORDER BY id
 LIMIT $1
 FOR UPDATE SKIP LOCKED
@@ -81,10 +84,12 @@ WHERE id = ANY($1::bigint[])
 RECORD_FAILURE_SQL = """
 UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])
 """
+# Each session is waited for, up to 5 s, until it has exited and released its locks.
 END_EARLIER_BATCHES_SQL = """
-SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-WHERE datname = current_database() AND application_name LIKE $1 || '%'
-  AND application_name <> $2
+SELECT count(*) FILTER (WHERE ended) AS ended, count(*) FILTER (WHERE NOT ended) AS lingering
+FROM (SELECT pg_terminate_backend(pid, 5000) AS ended FROM pg_stat_activity
+      WHERE datname = current_database() AND application_name LIKE $1 || '%'
+        AND application_name <> $2) AS earlier
 """
 
 
@@ -158,7 +163,6 @@ class OutboxRelay:
         self._leadership = leadership
         self._term = leadership.term
         self._claimed = False
-        self._streams_written.clear()
         self._run_id = None
         while not self._stopping(leadership):
             self._wake.clear()
@@ -176,11 +180,8 @@ class OutboxRelay:
     async def _take_over(self) -> None:
         """Claim this term in Redis, then end earlier leaders' batches; back off on failure."""
         try:
-            await self._publisher.claim(self._term)
-            async with self._pool.acquire() as connection:
-                ended = await connection.fetchval(
-                    END_EARLIER_BATCHES_SQL, BATCH_SESSIONS, self._session_name
-                )
+            await self._claim_term()
+            ended = await self._end_earlier_batches()
         except STORE_ERRORS as error:
             backoff = self._redis if isinstance(error, redis.RedisError) else self._postgres
             await backoff.wait_after(error, self._stop)
@@ -191,6 +192,40 @@ class OutboxRelay:
                 "ended %d batch sessions of an earlier leader; their rows go out again", ended
             )
         log.info("term %d claimed", self._term, extra={"term": self._term})
+
+    async def _claim_term(self) -> None:
+        """Claim our term in Redis. A higher one there while we hold the lock comes from
+        another life of the database (a restored backup): our sequence moves past it."""
+        try:
+            await self._publisher.claim(self._term)
+        except RelayFenced as fenced:
+            if self._leadership is None:
+                raise
+            self._term = await self._leadership.draw_term_above(fenced.claimed_term)
+            log.warning(
+                "Redis held term %d, above the database's; leading as term %d",
+                fenced.claimed_term,
+                self._term,
+            )
+            await self._publisher.claim(self._term)
+
+    async def _end_earlier_batches(self) -> int:
+        """End every batch session of an earlier leader and wait until each has exited: a
+        first read beside one of them would skip its locked rows and publish newer ones.
+        Sessions it opens later lock nothing (SELECT_BATCH_SQL's term check)."""
+        async with self._pool.acquire() as connection:
+            try:
+                row = await connection.fetchrow(
+                    END_EARLIER_BATCHES_SQL, BATCH_SESSIONS, self._session_name
+                )
+            except asyncpg.InsufficientPrivilegeError as refused:
+                # Another role's sessions: their rows wait for the server's time-outs.
+                log.error("cannot end an earlier leader's batch sessions: %s", refused)
+                return 0
+        assert row is not None
+        if row["lingering"]:
+            raise asyncpg.ObjectInUseError(f"{row['lingering']} earlier batch sessions linger")
+        return int(row["ended"])
 
     async def drain_batch(self) -> int:
         """Lock and append one batch, leaving its commit to run beside the next batch.
@@ -206,10 +241,12 @@ class OutboxRelay:
         transaction = connection.transaction()
         try:
             await transaction.start()
-            rows = await connection.fetch(SELECT_BATCH_SQL, self._settings.outbox_batch_size)
+            rows = await connection.fetch(
+                SELECT_BATCH_SQL, self._settings.outbox_batch_size, self._term
+            )
             if rows:
                 ids = [row["id"] for row in rows]
-                await self._publisher.append(rows, self._term)
+                appended = await self._publisher.append(rows, self._term)
         except BaseException as error:
             await self._abandon(connection, transaction)
             await self._settle_commit()
@@ -222,7 +259,8 @@ class OutboxRelay:
         await self._settle_commit()
         self._committing = asyncio.create_task(self._commit(connection, transaction, ids))
         self._redis.succeeded()
-        self._streams_written.update(row["stream"] for row in rows)
+        for loss in appended.losses:
+            _log_loss(loss)
         self._published += len(rows)
         self._batches += 1
         log.debug("appended %d rows", len(rows), extra={"outbox_id": f"{ids[0]}-{ids[-1]}"})
@@ -264,6 +302,9 @@ class OutboxRelay:
         if isinstance(error, RedisLostData):
             await self._refill(str(error).removeprefix("NOMARKER "))
             return self._settings.outbox_batch_size  # go again at once
+        if isinstance(error, StreamLost):
+            await self._refill(str(error), error.stream)
+            return self._settings.outbox_batch_size
         if isinstance(error, redis.RedisError):
             await self._record_failure(ids, error)
             await self._redis.wait_after(error, self._stop)
@@ -293,7 +334,10 @@ class OutboxRelay:
             since = datetime.now(UTC) - self.retention
             async with self._pool.acquire() as connection:
                 count = await mark_for_republish(connection, since, stream)
-            self._run_id = await self._publisher.set_marker(self._term)
+            if stream is None:
+                self._run_id = await self._publisher.set_marker(self._term)
+            else:
+                await self._publisher.accept_stream(stream, self._term)
         except STORE_ERRORS as error:
             log.warning("could not start the refill yet (%r); will retry", error)
             await self._redis.wait_after(error, self._stop)
@@ -333,7 +377,7 @@ class OutboxRelay:
         try:
             run_id = await self._publisher.run_id()
             marker = await self._publisher.marker()
-            missing = await self._publisher.missing(sorted(self._streams_written))
+            lost = await self._publisher.lost_streams()
         except redis.RedisError:
             return  # the next batch reports it
         if marker is None:
@@ -343,23 +387,28 @@ class OutboxRelay:
             await self._refill(f"Redis restarted (run_id {marker} -> {run_id})")
             return
         self._run_id = run_id
-        for stream in missing:
-            self._streams_written.discard(stream)
+        for stream in lost:
             await self._refill(f"stream {stream} is gone", stream)
 
     async def _trim_streams(self) -> None:
-        """Trim each stream towards its length; log what a group lost unread, with ids."""
-        for stream in sorted({*TRIMMED_STREAMS, *self._streams_written}):
+        """Trim each stream towards its length, even one no batch writes now (its group
+        caught up); log what a group lost unread, with ids."""
+        for stream in TRIMMED_STREAMS:
             try:
                 trimmed = await self._publisher.trim(stream)
+            except redis.ResponseError:
+                log.exception("trimming %s failed", stream)  # a script refused: a bug
+                return
             except redis.RedisError:
-                return  # the next batch reports it
+                return  # unreachable: the next batch reports it
             for loss in trimmed.losses:
-                _log_loss(stream, loss, trimmed.first_id)
-            self._note_held_back(stream, trimmed.length)
+                _log_loss(loss)
+            if self._publisher.acknowledged_only(stream):
+                self._note_held_back(stream, trimmed.length)
 
     def _note_held_back(self, stream: str, length: int) -> None:
-        """Once per change: a stream over its length because a group has not acknowledged."""
+        """Once per change: a stream of our group's over its length, because the group has
+        not acknowledged its entries yet (or is missing: nothing is acknowledged)."""
         over = length > self._settings.maxlen_of(stream) + HELD_BACK_SLACK
         if over and stream not in self._held_back:
             log.warning(
@@ -414,26 +463,20 @@ class OutboxRelay:
                 waiter.cancel()
 
 
-def _log_loss(stream: str, loss: GroupLoss, first_left: str) -> None:
-    since = _entry_time(loss.last_delivered_id)
+def _log_loss(loss: GroupLoss) -> None:
     log.error(
-        "trimmed %d entries of %s that group %s had not read: ids after %s, before %s; "
+        "trimmed %s%d entries of %s that group %s had not read: ids after %s, before %s; "
         "they are in the outbox: make replay SINCE=%s STREAM=%s",
+        "" if loss.exact else "up to ",
         loss.entries,
-        stream,
+        loss.stream,
         loss.group,
         loss.last_delivered_id,
-        first_left or "the end",
-        since,
-        stream,
-        extra={"stream": stream, "group": loss.group, "lost": loss.entries},
+        loss.first_left or "the end",
+        entry_time(loss.last_delivered_id).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        loss.stream,
+        extra={"stream": loss.stream, "group": loss.group, "lost": loss.entries},
     )
-
-
-def _entry_time(entry_id: str) -> str:
-    """The time a stream entry id was made, as `make replay SINCE=` takes it."""
-    milliseconds = int(entry_id.split("-", 1)[0])
-    return datetime.fromtimestamp(milliseconds / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 async def run(settings: Settings) -> None:

@@ -27,9 +27,9 @@ import msgspec
 
 from app.approvals.processed_events import ProcessedEventRow
 from app.backoff import Backoff, sleep_unless
-from app.db import RETRYABLE_ERRORS, create_pool
-from app.inbound.events import MAX_EVENT_BYTES, read_event_json
-from app.inbound.intake import enqueue_new, log_conflict
+from app.db import REFUSED_VALUE_ERRORS, RETRYABLE_ERRORS, create_pool
+from app.inbound.events import EPC_SOURCE, read_event_json
+from app.inbound.intake import Conflict, enqueue_new, log_conflict
 from app.inbound.unreadable import feed_event_record
 from app.json_limits import MAX_NESTING, cap_nesting, within
 from app.process import stop_on_signals
@@ -40,13 +40,14 @@ from relay.leadership import Leadership
 
 log = logging.getLogger("relay.poller")
 
-SOURCE: Final = "entity_permissions_core"
+SOURCE: Final = EPC_SOURCE
 LOCK_NAME: Final = "market-backend:epc-poller"
 PAGE_SIZE: Final = 100
 MAX_RETRY_AFTER_S: Final = 300.0
-# A full page of the largest events, and room to spare; beyond it the page is refused
-# before it is all in memory.
-MAX_PAGE_BYTES: Final = 2 * PAGE_SIZE * MAX_EVENT_BYTES
+# A page of 100 events of 160 KiB each, far beyond any real decision (a few hundred
+# bytes); beyond it the page is refused before it is all in memory, and what a page can
+# cost to read (the nesting cap walks it token by token) stays bounded.
+MAX_PAGE_BYTES: Final = 16 * 1024 * 1024
 # The page object and its data array sit above each event: capped here, every event
 # nests at most MAX_NESTING deep.
 PAGE_NESTING: Final = MAX_NESTING + 2
@@ -61,7 +62,7 @@ MAX_CURSOR_CHARS: Final = 4096
 class Page(msgspec.Struct, frozen=True):
     # Each event stays raw JSON until it is read on its own: an event that does not
     # decode (a number out of range, bytes that are not UTF-8) fails alone.
-    data: list[msgspec.Raw]
+    data: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=PAGE_SIZE)]
     next_cursor: Annotated[str, msgspec.Meta(max_length=MAX_CURSOR_CHARS)] | None = None
     has_more: bool = False
 
@@ -99,7 +100,7 @@ class EventFeed:
             transport=transport,
         )
 
-    async def page(self, after: str | None) -> Page:
+    async def page(self, after: str | None) -> FeedPage:
         params: dict[str, str | int] = {"limit": PAGE_SIZE}
         if after is not None:
             params["after"] = after
@@ -110,7 +111,9 @@ class EventFeed:
                 body = await self._get(params)
         except TimeoutError:
             raise FeedUnavailable(f"no complete answer within {self._timeout_ms} ms") from None
-        return decode_page(body)
+        # A worker thread: capping a hostile page walks it token by token, and the
+        # consumer beside the poller keeps its event loop meanwhile.
+        return await asyncio.to_thread(decode_page, body)
 
     async def _get(self, params: dict[str, str | int]) -> bytes:
         try:
@@ -125,13 +128,19 @@ class EventFeed:
         await self._client.aclose()
 
 
-def decode_page(body: bytes) -> Page:
+class FeedPage(msgspec.Struct, frozen=True):
+    page: Page
+    capped: bool  # values nested too deep were replaced by the cap's marker
+
+
+def decode_page(body: bytes) -> FeedPage:
     """A page, each event still raw JSON; FeedUnavailable for a body that is not one.
 
     Values nested deeper than an event may be are first replaced by a marker
     (cap_nesting), so that the decoder never overflows and the events beside a too-deep
     one are still read: the too-deep one then fails as an event, on its own.
     """
+    capped = False
     if not within(body, PAGE_NESTING):
         body, capped = cap_nesting(body, PAGE_NESTING)
         if not capped:  # malformed, and too deep to hand to a decoder
@@ -139,7 +148,7 @@ def decode_page(body: bytes) -> Page:
                 f"invalid feed body: malformed JSON nested deeper than {PAGE_NESTING} levels"
             )
     try:
-        return msgspec.json.decode(body, type=Page)
+        return FeedPage(msgspec.json.decode(body, type=Page), capped)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise FeedUnavailable(f"invalid feed body: {error}") from error
 
@@ -228,9 +237,10 @@ class Poller:
             if self._stop.is_set() or leadership.lost.is_set():
                 break
             requested.add(cursor)
-            page = await self._feed.page(cursor)
+            fetched = await self._feed.page(cursor)
+            page = fetched.page
             cursor = page.next_cursor if page.next_cursor is not None else cursor
-            await self._store(page, cursor)
+            await self._store(fetched, cursor)
             total += len(page.data)
             if not page.has_more or page.next_cursor is None:
                 break
@@ -240,34 +250,72 @@ class Poller:
                 break  # no progress, whatever has_more says: the rest at the next poll
         return total
 
-    async def _store(self, page: Page, cursor: str | None) -> None:
-        events, unreadable = read_page(page)
-        async with UnitOfWork(self._pool) as uow:
-            intake = await enqueue_new(uow, events)
-            if unreadable:
-                await uow.processed_events.record_processed_events(unreadable)
-            await uow.cursors.save(SOURCE, cursor)
-            await uow.commit()
-        for conflict in intake.conflicts:
+    async def _store(self, fetched: FeedPage, cursor: str | None) -> None:
+        events, unreadable = await asyncio.to_thread(read_page, fetched)
+        try:
+            conflicts = await self._store_together(events, unreadable, cursor)
+        except REFUSED_VALUE_ERRORS as refused:
+            # A value of one event the database will not take: each event alone, so that
+            # the one refused is recorded against itself and the others go in.
+            log.warning(
+                "the database refused a page's events (%s); storing them one by one", refused
+            )
+            conflicts = await self._store_apart(events, unreadable, cursor)
+        for conflict in conflicts:
             log_conflict(conflict, "the feed")
-        for row in unreadable:
+        for row in unreadable.values():
             log.warning(
                 "unreadable event from the feed recorded failed as %s: %s", row.event_id, row.error
             )
 
+    async def _store_together(
+        self,
+        events: dict[bytes, EventEnvelope],
+        unreadable: dict[str, ProcessedEventRow],
+        cursor: str | None,
+    ) -> list[Conflict]:
+        async with UnitOfWork(self._pool) as uow:
+            intake = await enqueue_new(uow, list(events.values()))
+            if unreadable:
+                await uow.processed_events.record_processed_events(list(unreadable.values()))
+            await uow.cursors.save(SOURCE, cursor)
+            await uow.commit()
+        return intake.conflicts
 
-def read_page(page: Page) -> tuple[list[EventEnvelope], list[ProcessedEventRow]]:
-    """A page's events, and the failed records of those that cannot be read."""
-    events: list[EventEnvelope] = []
-    unreadable: dict[str, ProcessedEventRow] = {}  # by key: the same bad event twice, once
-    for item in page.data:
+    async def _store_apart(
+        self,
+        events: dict[bytes, EventEnvelope],
+        unreadable: dict[str, ProcessedEventRow],
+        cursor: str | None,
+    ) -> list[Conflict]:
+        conflicts: list[Conflict] = []
+        for raw, event in events.items():
+            try:
+                async with UnitOfWork(self._pool) as uow:
+                    conflicts += (await enqueue_new(uow, [event])).conflicts
+                    await uow.commit()
+            except REFUSED_VALUE_ERRORS as refused:
+                row = feed_event_record(raw, refused, SOURCE)
+                unreadable[row.event_id] = row
+        await self._store_together({}, unreadable, cursor)
+        return conflicts
+
+
+def read_page(
+    fetched: FeedPage,
+) -> tuple[dict[bytes, EventEnvelope], dict[str, ProcessedEventRow]]:
+    """A page's events by their raw JSON, and the failed records of those that cannot be
+    read, by key (the same bad event twice, once)."""
+    events: dict[bytes, EventEnvelope] = {}
+    unreadable: dict[str, ProcessedEventRow] = {}
+    for item in fetched.page.data:
         raw = bytes(item)
         try:
-            events.append(read_event_json(raw))
+            events[raw] = read_event_json(raw, capped=fetched.capped)
         except Exception as error:  # whatever one event raises is that event's failure
             row = feed_event_record(raw, error, SOURCE)
             unreadable[row.event_id] = row
-    return events, list(unreadable.values())
+    return events, unreadable
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,9 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
+import pytest
 
+from app.json_limits import TOO_DEEP_MARKER
 from relay.leadership import lock_key
-from relay.poller import LOCK_NAME
+from relay.poller import LOCK_NAME, PAGE_SIZE, FeedUnavailable, decode_page
 from tests.conftest import DATABASE_URL
 from tests.support.flow import Flow, decision_event
 from tests.support.outbox import wait_until
@@ -529,3 +532,86 @@ async def record_failed(flow: Flow, event_id: str, payload: dict[str, Any], erro
         error,
         json.dumps(payload),
     )
+
+
+# -- what a second hostile review found ---------------------------------------------------
+
+
+async def test_an_occurred_at_the_database_cannot_hold_is_refused_not_retried_forever(
+    flow: Flow,
+) -> None:
+    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
+    _, api = flow.start_api()
+    flow.launch_relay()
+    consumer = flow.launch_consumer(**polling(simulator))
+    by_feed, by_webhook = (m["id"] for m in await flow.register_markets(api, 2))
+    year_zero = "0001-01-01T00:00:00+01:00"  # in year 0 once in UTC
+
+    refused = await post_webhook(api, {**seed_event(by_webhook), "occurred_at": year_zero})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["errors"][0]["field"] == "occurred_at"
+
+    # On the feed: the event beside it, and the pages after it, still go in.
+    await put_on_feed(simulator, {**epc_event("from-year-zero"), "occurred_at": year_zero})
+    await requested(simulator, [by_feed])
+    await approve(simulator, [by_feed])
+    await all_active(flow, [by_feed], within=60)
+    [row] = await wait_unreadable(flow, 1)
+    assert claimed_id(row) == "from-year-zero" and "occurred_at" in row["processing_error"]
+    assert_alive(consumer)
+
+
+def test_a_page_of_more_events_than_asked_for_is_refused() -> None:
+    body = json.dumps({"data": [epc_event(f"e-{n}") for n in range(PAGE_SIZE + 1)]})
+    with pytest.raises(FeedUnavailable, match="invalid feed body"):
+        decode_page(body.encode())
+
+
+async def test_an_event_that_merely_quotes_the_nesting_marker_is_read_as_sent(
+    flow: Flow,
+) -> None:
+    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
+    _, api = flow.start_api()
+    flow.launch_relay()
+    flow.launch_consumer(**polling(simulator))
+    [market] = [m["id"] for m in await flow.register_markets(api, 1)]
+    event = {**seed_event(market, event_id="quoting"), "context": {"note": TOO_DEEP_MARKER}}
+
+    await put_on_feed(simulator, event)
+
+    await all_active(flow, [market], within=60)
+    assert await outcome(flow, "quoting") == "success"
+
+
+async def test_a_stream_entry_id_past_year_9999_crashes_no_consumer(flow: Flow) -> None:
+    flow.launch_relay()
+    consumer = flow.launch_consumer()
+    await flow.stream.xgroup_create(
+        "entity-permissions:events", "market-approvals", id="0", mkstream=True
+    )
+    await flow.stream.xadd("entity-permissions:events", {"junk": "x"}, id="300000000000000-0")
+    # Every id Redis makes from now on is past year 9999 too.
+    await flow.xadd_decision(decision_event(str(uuid.uuid4()), event_id="after-the-junk"))
+
+    await wait_outcome(flow, "after-the-junk", "failed")  # an unknown market: read, judged
+    [row] = await wait_unreadable(flow, 1)
+    assert "unreadable entry" in row["processing_error"]
+    assert_alive(consumer)
+
+
+async def test_what_senders_name_adds_no_series_to_metrics(flow: Flow) -> None:
+    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
+    _, api = flow.start_api()
+    flow.launch_consumer(**polling(simulator))
+    for n in range(30):  # unreadable, each under an event type and source of its own
+        await put_on_feed(
+            simulator, {"event_id": f"odd-{n}", "event_type": f"type-{n}", "source": f"s{n}"}
+        )
+    await wait_unreadable(flow, 30)
+
+    async with httpx.AsyncClient(base_url=api) as http:
+        text = (await http.get("/metrics")).text  # the first scrape reads the figures
+    samples = re.findall(r"^market_processed_events\{([^}]*)\} (\S+)$", text, re.MULTILINE)
+    assert [(dict(re.findall(r'(\w+)="([^"]*)"', labels)), value) for labels, value in samples] == [
+        ({"status": "failed", "event_type": "other", "source": "entity_permissions_core"}, "30.0")
+    ]

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from relay.publisher import TERM_KEY
 from tests.support.flow import Flow
 from tests.support.outbox import seed_outbox, unpublished, wait_until
 from tests.support.relays import end_lock_session, pause_between_read_and_append, published_more
@@ -125,3 +126,48 @@ async def test_two_leaders_for_a_moment_the_paused_leaders_late_append_is_refuse
 
     await flow.all_published(within=180)
     await flow.check()  # per-market order intact: the late append never landed
+
+
+async def test_two_leaders_for_a_moment_a_paused_leader_loses_the_lead_within_seconds(
+    flow: Flow,
+) -> None:
+    """Paused anywhere (SIGSTOP), its kernel still answering keepalives: the server ends
+    its idle lock session, the standby leads, and the old leader, resumed, steps down."""
+    await seed_outbox(flow.db, 100_000, markets=500)
+    await flow.db.execute("ANALYZE outbox")
+    leader = flow.launch_relay("relay-a", OUTBOX_BATCH_SIZE="100")
+    leader.wait_for_log("leading")
+    standby = flow.launch_relay("relay-b", OUTBOX_BATCH_SIZE="100")
+    standby.wait_for_log("waiting as standby")
+    await published_more(flow.db, than=100_000)
+
+    os.kill(leader.process.pid, signal.SIGSTOP)
+    standby.wait_for_log("claimed", timeout=30)
+    resumed = len(leader.log_text())
+    os.kill(leader.process.pid, signal.SIGCONT)
+    leader.wait_for_log("waiting to lead again", after=resumed, timeout=30)
+
+    await flow.all_published(within=180)
+    await flow.check()
+
+
+async def test_a_term_in_redis_that_cannot_be_read_or_comes_from_another_life(
+    flow: Flow,
+) -> None:
+    await flow.stream.set(TERM_KEY, "nan")  # unreadable: counts as no term
+    await seed_outbox(flow.db, 10)
+    first = flow.launch_relay("relay-first")
+    await flow.all_published()
+    assert await flow.stream.get(TERM_KEY) != "nan"
+    first.stop()
+
+    # A term above every term the database has drawn (a restored backup, a shared Redis):
+    # the sequence moves past it, instead of one refused take-over after another.
+    await flow.stream.set(TERM_KEY, "1000000")
+    await seed_outbox(flow.db, 10)
+    second = flow.launch_relay("relay-second")
+    second.wait_for_log("Redis held term 1000000, above the database's; leading as term")
+    await flow.all_published()
+    assert int(await flow.stream.get(TERM_KEY)) > 1_000_000
+    assert await flow.stream.xlen(STREAM) == 20
+    await flow.check()

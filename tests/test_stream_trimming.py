@@ -4,12 +4,13 @@ logged with its ids."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
 
 from tests.support.flow import Flow, decision_event
-from tests.support.outbox import seed_outbox, wait_until
+from tests.support.outbox import seed_outbox, unpublished, wait_until
 from tests.support.processes import start_api
 from tests.test_operations import metric, scrape
 
@@ -95,3 +96,45 @@ async def test_pending_decisions_deleted_by_hand_are_logged_with_ids_and_counted
         text = await scrape(http)
     lost = metric(text, "market_stream_entries_lost_total", stream=DECISIONS)
     assert lost == 3
+
+
+async def test_a_stream_deleted_and_made_again_empty_is_published_again(flow: Flow) -> None:
+    """Deleted while decisions waited on it unread, then made again empty (as a consumer's
+    XGROUP CREATE ... MKSTREAM does): the relay notices and publishes it again."""
+    events = [decision_event(str(uuid.uuid4())) for _ in range(200)]
+    await flow.enqueue_decisions(events)
+    relay = flow.launch_relay()
+    await flow.all_published()
+    await flow.stream.delete(DECISIONS)
+    await flow.stream.xgroup_create(DECISIONS, "market-approvals", id="0", mkstream=True)
+    relay.wait_for_log(f"stream {DECISIONS} is gone")
+
+    flow.launch_consumer()
+
+    async def all_recorded() -> bool:
+        return bool(await flow.db.fetchval("SELECT count(*) FROM processed_events") == 200)
+
+    await wait_until(all_recorded, 60, "every decision recorded")
+    await flow.check(DECISIONS)
+
+
+async def test_trimming_keeps_up_with_a_drain(flow: Flow) -> None:
+    await seed_outbox(flow.db, 100_000)
+    await flow.db.execute("ANALYZE outbox")
+    flow.launch_relay(STREAM_MAXLEN=f"{MARKETS}=1000")
+    longest = 0
+    while await unpublished(flow.db):
+        longest = max(longest, await flow.stream.xlen(MARKETS))
+        await asyncio.sleep(0.01)
+    # Each batch trims what it added: at most a batch and a node of Redis over.
+    assert longest <= 1000 + 1000 + 100, longest
+
+
+async def test_no_decision_is_trimmed_while_our_group_is_missing(flow: Flow) -> None:
+    """Another group on the stream (read from its end) says nothing of what ours needs."""
+    await flow.stream.xgroup_create(DECISIONS, "someone-else", id="$", mkstream=True)
+    await flow.enqueue_decisions([decision_event(str(uuid.uuid4())) for _ in range(2000)])
+    relay = flow.launch_relay(STREAM_MAXLEN=f"{DECISIONS}=100", OUTBOX_BATCH_SIZE="50")
+    await flow.all_published()
+    relay.wait_for_log(f"{DECISIONS} holds 2000 entries")
+    assert await flow.stream.xlen(DECISIONS) == 2000

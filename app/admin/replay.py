@@ -107,7 +107,9 @@ def _read_kept(row: asyncpg.Record, kept: dict[str, Any]) -> EventEnvelope:
         if document is None:
             reason = f"not kept: {row['processing_error']}"
             raise RequestValidationError.single("document", reason)
-        return read_event_json(_encode(document))
+        # Kept as its page was read: a value the page's nesting cap dropped is still
+        # missing, and replaying the rest would apply another event than the one sent.
+        return read_event_json(_encode(document), capped=True)
     fields = kept_entry_fields(kept, row["processing_error"])
     if fields is not None:
         return read_stream_entry(fields)

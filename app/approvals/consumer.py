@@ -15,7 +15,6 @@ import logging
 import socket
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import asyncpg
@@ -34,11 +33,11 @@ from app.redis_client import connect_redis, read_group
 from app.settings import Settings
 from app.unit_of_work import UnitOfWork
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, EventEnvelope
-from outbox.streams import lost_entries_key
+from outbox.streams import APPROVALS_GROUP, entry_time, lost_entries_key
 
 log = logging.getLogger("approvals.consumer")
 
-GROUP: Final = "market-approvals"
+GROUP: Final = APPROVALS_GROUP
 STREAM: Final = ENTITY_PERMISSIONS_EVENTS
 
 # Worth retrying in place, without counting a delivery: the database is away or busy.
@@ -388,13 +387,9 @@ def _unreadable(entry: Entry, error: Exception) -> EventEnvelope:
         source=label(fields.get("source"), "unknown"),
         aggregate_type="stream-entry",
         aggregate_id=entry.id,
-        occurred_at=_entry_time(entry.id),
+        occurred_at=entry_time(entry.id),
         payload={"fields": fields, "error": printable(str(error))},
     )
-
-
-def _entry_time(entry_id: str) -> datetime:
-    return datetime.fromtimestamp(int(entry_id.split("-", 1)[0]) / 1000, UTC)
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:

@@ -4,7 +4,7 @@ and the readers of everything that claims to be one: a feed event, a stream entr
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -15,9 +15,15 @@ from app.validation import FieldError, RequestValidationError, convert_object
 from outbox import EventEnvelope, new_event
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+# The source Entity Permissions Core's events name (the poller records its own with it).
+EPC_SOURCE: Final = "entity_permissions_core"
 # An event from the feed, as the webhook bounds its body: a decision is a few hundred bytes.
 MAX_EVENT_BYTES: Final = 256 * 1024
 _TEXT_FIELDS: Final = ("event_id", "event_type", "source")  # varchar(255) wherever stored
+# occurred_at within what every store and every reader holds: a time in year 1 with an
+# offset east of UTC is in year 0 in UTC, which PostgreSQL refuses (a 500, a stuck feed).
+EARLIEST_OCCURRED_AT: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_OCCURRED_AT: Final = datetime(2200, 1, 1, tzinfo=UTC)
 _decode_any = msgspec.json.Decoder().decode
 
 
@@ -54,6 +60,14 @@ def read_event(document: Any, *, default_event_id: str | None = None) -> EventEn
     if isinstance(document, dict) and default_event_id and "event_id" not in document:
         document = {**document, "event_id": default_event_id}
     event = convert_object(document, InboundEvent)
+    if event.occurred_at is not None and not (
+        EARLIEST_OCCURRED_AT <= event.occurred_at < LATEST_OCCURRED_AT
+    ):
+        raise RequestValidationError.single(
+            "occurred_at",
+            f"out of range: from {EARLIEST_OCCURRED_AT:%Y-%m-%d} to before "
+            f"{LATEST_OCCURRED_AT:%Y-%m-%d}",
+        )
     aggregate_id = event.event_id
     expected = DECISION_OF_EVENT.get(event.event_type)
     if expected is not None:
@@ -84,13 +98,14 @@ def read_event(document: Any, *, default_event_id: str | None = None) -> EventEn
     )
 
 
-def read_event_json(raw: bytes) -> EventEnvelope:
+def read_event_json(raw: bytes, *, capped: bool = False) -> EventEnvelope:
     """An event from the polling feed, as raw JSON; RequestValidationError naming why not.
 
     The webhook's rules (read_event), after what only a feed can serve: an event over
     MAX_EVENT_BYTES, JSON that does not decode, or a value the page's nesting cap dropped
     (the cap leaves each event at most MAX_NESTING deep, so nothing recursive below
-    overflows). Admin replay reads a stored event document with this same function.
+    overflows; `capped`: the page was capped, so the cap's marker means a dropped value).
+    Admin replay reads a stored event document with this same function.
     """
     if len(raw) > MAX_EVENT_BYTES:
         raise RequestValidationError.single("event", f"larger than {MAX_EVENT_BYTES} bytes")
@@ -100,7 +115,7 @@ def read_event_json(raw: bytes) -> EventEnvelope:
         document = _decode_any(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         raise RequestValidationError.single("event", f"malformed JSON: {error}") from None
-    if holds_marker(document):
+    if capped and holds_marker(document):
         raise RequestValidationError.single(
             "event", f"{NestingTooDeep(MAX_NESTING)}: the deeper values were dropped"
         )

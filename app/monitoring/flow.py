@@ -28,6 +28,8 @@ import asyncpg
 import msgspec
 import redis.asyncio as redis
 
+from app.approvals.domain import DECISION_OF_EVENT
+from app.inbound.events import EPC_SOURCE
 from app.logging import DependencyLog
 from app.monitoring.single_flight import SharedRefresh
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
@@ -171,11 +173,19 @@ async def _query_postgres(connection: Connection, figures: PostgresFigures) -> N
     assert row is not None
     figures.outbox_backlog = row["backlog"]
     figures.outbox_oldest_age_s = float(row["oldest"])
+    # Event types and sources are the sender's words: any others are counted as `other`,
+    # so that no sender can add series to the scrape.
     for record in await connection.fetch(
         """
-        SELECT processing_status, event_type, source, count(*) AS n
+        SELECT processing_status,
+               CASE WHEN event_type = ANY($1::text[]) THEN event_type ELSE 'other' END
+                   AS event_type,
+               CASE WHEN source = $2 THEN source ELSE 'other' END AS source,
+               count(*) AS n
         FROM processed_events GROUP BY 1, 2, 3
-        """
+        """,
+        sorted(DECISION_OF_EVENT),
+        EPC_SOURCE,
     ):
         key = (record["processing_status"], record["event_type"], record["source"])
         figures.processed[key] = record["n"]
@@ -209,7 +219,7 @@ async def _query_postgres(connection: Connection, figures: PostgresFigures) -> N
     figures.latency_sum_s = float(latency["total"])
     figures.latency_buckets = list(latency["buckets"])
     updated = await connection.fetchval(
-        "SELECT updated_at FROM poller_cursors WHERE source = 'entity_permissions_core'"
+        "SELECT updated_at FROM poller_cursors WHERE source = $1", EPC_SOURCE
     )
     figures.poller_last_success = updated.timestamp() if updated else None
     figures.relay = await _leaders(connection, RELAY_SESSIONS)

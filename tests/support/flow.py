@@ -107,8 +107,8 @@ class Flow:
 
         await wait_until(done, within, "the relay to publish every outbox row")
 
-    async def check(self) -> StreamReport:
-        return await check_stream_against_outbox(self.db, self.stream)
+    async def check(self, stream: str = "markets:events") -> StreamReport:
+        return await check_stream_against_outbox(self.db, self.stream, stream)
 
     async def register_markets(self, base_url: str, count: int) -> list[dict[str, Any]]:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
