@@ -30,12 +30,17 @@ def secrets_used_by(role: str) -> Uses:
     return SECRETS_USED.get(role, Uses.EVERYTHING)
 
 
-def start_process(role: str) -> Settings:
-    """Settings, logging and the secrets check of a command; exits 1 naming what is wrong."""
+def settings_or_exit(role: str) -> Settings:
+    """The settings; a value that cannot be read ends the command naming it, no traceback."""
     try:
-        settings = get_settings()
+        return get_settings()
     except ConfigError as error:
         raise SystemExit(f"{role}: {error}") from None
+
+
+def start_process(role: str) -> Settings:
+    """Settings, logging and the secrets check of a command; exits 1 naming what is wrong."""
+    settings = settings_or_exit(role)
     configure_logging(settings, role)
     try:
         settings.check_secrets(secrets_used_by(role))

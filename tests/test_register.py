@@ -305,3 +305,20 @@ async def test_a_body_nested_exactly_32_levels_is_accepted(
 
     assert response.status_code == 201, response.text
     assert await counts(db) == (1, 1, 2)
+
+
+async def test_an_x_request_id_longer_than_an_id_is_refused_and_nothing_is_stored(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    # Written into every event the request causes: a header of any length would be too.
+    refused = await client.post(REGISTER, json=seed_body(), headers={"X-Request-ID": "r" * 129})
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == [
+        {"field": "X-Request-ID", "reason": "1 to 128 visible ASCII characters, no spaces"}
+    ]
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+
+    kept = await client.post(REGISTER, json=seed_body(), headers={"X-Request-ID": "r" * 128})
+    assert kept.status_code == 201
+    context = await db.fetchval("SELECT context FROM outbox LIMIT 1")
+    assert json.loads(context)["request_id"] == "r" * 128

@@ -356,3 +356,17 @@ def test_fail_closed_by_default_make_run_and_demo_run_in_development(tmp_path: P
     chosen = local_settings({}, dotenv=dotenv)
     assert child_environment(chosen, {})["APP_ENV"] == "production"
     assert "WEBHOOK_SECRETS" not in child_environment(chosen, {})
+
+
+def test_a_value_that_cannot_be_read_stops_the_api_naming_it_without_a_traceback() -> None:
+    started = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=ROOT,
+        env={**os.environ, "APP_ENV": "test", "HTTP_PORT": "not-a-port"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode != 0
+    assert "HTTP_PORT" in started.stderr and "Traceback" not in started.stderr

@@ -7,6 +7,7 @@ other rule of the verifier (URLs, topics, age, signature) is the production one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -31,10 +32,12 @@ from app.webhooks.sns import (
     CertificateFetcher,
     SnsMessage,
     SnsVerifier,
+    visit_subscribe_url,
 )
 from tests.conftest import service_env
 from tests.support.json_strategies import nested_json
 from tests.support.outbox import wait_until
+from tests.support.processes import free_port
 from tests.support.sns import CERT_URL, TOPIC_ARN, CertificateServer, SnsSigner, ToLocalServer
 from tests.support.storage import assert_nothing_stored
 from tests.test_webhook import WEBHOOK, seed_event, stored
@@ -609,3 +612,22 @@ async def test_certificate_over_64_kib_is_refused_with_401(
     assert response.status_code == 401, response.text
     assert f"over {MAX_CERTIFICATE_BYTES} bytes" in response.json()["errors"][0]["reason"]
     assert verifier.cached_certificate_urls == ()
+
+
+async def test_a_subscription_that_cannot_be_confirmed_now_gets_503_for_sns_to_retry(
+    signer: SnsSigner, db: asyncpg.Connection
+) -> None:
+    # SNS ends a confirmation on any 4xx and retries a 5xx: a failed visit is a 503.
+    nobody_listens = ToLocalServer(free_port())
+    verifier = SnsVerifier(
+        TOPIC_ARNS,
+        fetcher=signer.fetch,
+        confirm=functools.partial(visit_subscribe_url, transport=nobody_listens),
+    )
+    message = signer.message("SubscriptionConfirmation", message="You have chosen to subscribe")
+    async with serving(verifier) as client:
+        response = await post(client, message)
+    await nobody_listens.close_for_good()
+
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated, Any
 
@@ -108,6 +109,20 @@ def parse_uuid(field: str, value: str) -> uuid.UUID:
         raise RequestValidationError([FieldError(field, f"{value!r} is not a UUID")]) from None
 
 
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
 def request_id(request: Request[Any, Any, Any]) -> str:
-    """The caller's X-Request-ID, or a new one, to trace a request through its events."""
-    return request.headers.get("x-request-id") or str(uuid.uuid4())
+    """The caller's X-Request-ID, or a new one, to trace a request through its events.
+
+    Stored with each event it caused, so held to an id's size: a header of any length
+    would be written into every outbox row of the request.
+    """
+    given = request.headers.get("x-request-id")
+    if given is None:
+        return str(uuid.uuid4())
+    if not _REQUEST_ID.fullmatch(given):
+        raise RequestValidationError.single(
+            "X-Request-ID", "1 to 128 visible ASCII characters, no spaces"
+        )
+    return given

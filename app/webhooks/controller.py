@@ -21,7 +21,12 @@ from app.unit_of_work import UnitOfWork
 from app.validation import convert_object, decode_json
 from app.webhooks import standard
 from app.webhooks.guard import RateLimiter, SourceGuard
-from app.webhooks.sns import SnsMessage, SnsVerifier, subscribe_url_for
+from app.webhooks.sns import (
+    SnsMessage,
+    SnsVerifier,
+    SubscriptionNotConfirmed,
+    subscribe_url_for,
+)
 from app.webhooks.standard import SignatureError
 
 log = logging.getLogger(__name__)
@@ -164,7 +169,16 @@ class WebhookController(Controller):
         await receiver.sns.verify(message)
         if message.type == "SubscriptionConfirmation":
             url = subscribe_url_for(message)
-            await receiver.sns.confirm(url)
+            try:
+                await receiver.sns.confirm(url)
+            except SubscriptionNotConfirmed as failed:
+                # A 5xx, so that SNS sends the confirmation again (a 4xx would end it).
+                log.warning("SNS subscription to %s not confirmed: %s", message.topic_arn, failed)
+                raise HTTPException(
+                    status_code=503,
+                    detail="could not confirm the SNS subscription now; retry",
+                    headers={"Retry-After": "5"},
+                ) from None
             log.info("SNS subscription to %s confirmed", message.topic_arn)
             return SnsReceipt("subscription_confirmed", message.message_id)
         if message.type == "UnsubscribeConfirmation":

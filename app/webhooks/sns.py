@@ -204,10 +204,23 @@ class CertificateDownloader:
             return bytes(body)
 
 
-async def visit_subscribe_url(url: str) -> None:
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, follow_redirects=False) as client:
-        response = await client.get(url)
-        response.raise_for_status()
+async def visit_subscribe_url(url: str, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    """GET the SubscribeURL within an overall deadline; SubscriptionNotConfirmed otherwise."""
+    try:
+        async with (
+            asyncio.timeout(HTTP_TIMEOUT_S),
+            httpx.AsyncClient(
+                timeout=HTTP_TIMEOUT_S, follow_redirects=False, transport=transport
+            ) as client,
+        ):
+            response = await client.get(url)
+            response.raise_for_status()
+    except (httpx.HTTPError, TimeoutError) as error:
+        raise SubscriptionNotConfirmed(f"{type(error).__name__}: {error}") from None
+
+
+class SubscriptionNotConfirmed(Exception):
+    """SNS's SubscribeURL could not be visited this time: SNS should send it again."""
 
 
 class SnsVerifier:
