@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -65,15 +66,33 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
-@pytest.fixture
-async def db() -> AsyncIterator[asyncpg.Connection]:
-    """A connection of the test's own, on a database emptied before the test."""
-    connection = await asyncpg.connect(DATABASE_URL)
+@asynccontextmanager
+async def emptied_database(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own, on the database at `url`, emptied first."""
+    connection = await asyncpg.connect(url)
     await connection.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
     try:
         yield connection
     finally:
         await connection.close()
+
+
+@asynccontextmanager
+async def migrated(server: PostgresServer) -> AsyncIterator[PostgresServer]:
+    """A PostgreSQL server of a test's own, started and migrated; destroyed after."""
+    await server.start()
+    run_migrations(server.url)
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+async def db() -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own, on the test database emptied before the test."""
+    async with emptied_database(DATABASE_URL) as connection:
+        yield connection
 
 
 @pytest.fixture
@@ -102,19 +121,14 @@ async def client(api: str, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncC
         yield http
 
 
-__all__ = ["ManagedProcess", "run_migrations", "service_env"]
+__all__ = ["ManagedProcess", "emptied_database", "migrated", "run_migrations", "service_env"]
 
 
 @pytest.fixture(scope="module")
 async def own_postgres() -> AsyncIterator[PostgresServer]:
     """A PostgreSQL server of the module's own, migrated, which its tests may restart."""
-    server = PostgresServer()
-    await server.start()
-    run_migrations(server.url)
-    try:
+    async with migrated(PostgresServer()) as server:
         yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 import redis.asyncio as redis
 
 from outbox import ENTITY_PERMISSIONS_EVENTS
-from tests.conftest import TABLES, run_migrations
+from tests.conftest import emptied_database, migrated
 from tests.support import netns
 from tests.support.load import SteadyLoad
 from tests.support.netns import TAKEOVER_BOUND_S, IsolatedHost
@@ -233,19 +233,11 @@ def isolated_host() -> Iterator[IsolatedHost | None]:
 @pytest.fixture(scope="module")
 async def own_postgres(isolated_host: IsolatedHost | None) -> AsyncIterator[PostgresServer]:
     """The matrix's PostgreSQL, reachable from the isolated host too."""
-    if isolated_host is None:
-        server = PostgresServer()
-    else:
-        server = PostgresServer(
-            listen=f"127.0.0.1,{isolated_host.host_address}",
-            trusted_networks=(isolated_host.network,),
-        )
-    await server.start()
-    run_migrations(server.url)
-    try:
+    server = (
+        PostgresServer() if isolated_host is None else PostgresServer.reachable_from(isolated_host)
+    )
+    async with migrated(server):
         yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture
@@ -253,11 +245,8 @@ async def servers(
     own_postgres: PostgresServer, isolated_host: IsolatedHost | None
 ) -> AsyncIterator[tuple[PostgresServer, RedisServer]]:
     """The matrix's PostgreSQL, emptied, and a Redis server of the test's own."""
-    connection = await asyncpg.connect(own_postgres.url)
-    try:
-        await connection.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
-    finally:
-        await connection.close()
+    async with emptied_database(own_postgres.url):
+        pass
     bind = "127.0.0.1" if isolated_host is None else f"127.0.0.1 {isolated_host.host_address}"
     redis_server = RedisServer(bind=bind)
     redis_server.start()

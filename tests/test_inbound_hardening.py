@@ -101,6 +101,15 @@ async def wait_outcome(flow: Flow, event_id: str, status: str) -> None:
     await wait_until(there, 60, f"{event_id} recorded {status}")
 
 
+def start_polled(flow: Flow) -> tuple[str, str, ManagedProcess]:
+    """The simulator, the API, a relay and a consumer that polls the simulator's feed;
+    returns the simulator's and the API's URLs and the consumer."""
+    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
+    _, api = flow.start_api()
+    flow.launch_relay()
+    return simulator, api, flow.launch_consumer(**polling(simulator))
+
+
 def assert_alive(process: ManagedProcess) -> None:
     assert process.process.poll() is None, f"{process.name} died:\n{process.log_tail()}"
     assert "Traceback" not in process.log_text(), process.log_tail(80)
@@ -157,10 +166,7 @@ async def test_item_9_the_webhook_reports_a_different_copy_under_a_recorded_even
 
 
 async def test_item_9_the_poller_logs_a_different_copy_and_passes(flow: Flow) -> None:
-    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
-    _, api = flow.start_api()
-    flow.launch_relay()
-    consumer = flow.launch_consumer(**polling(simulator))
+    simulator, api, consumer = start_polled(flow)
     first, second = (m["id"] for m in await flow.register_markets(api, 2))
     await requested(simulator, [second])
     by_webhook = seed_event(first, event_id="reused-id")
@@ -185,10 +191,7 @@ async def test_item_9_the_poller_logs_a_different_copy_and_passes(flow: Flow) ->
 
 
 async def test_item_8_a_poisoned_feed_page_stops_no_approval(flow: Flow) -> None:
-    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
-    _, api = flow.start_api()
-    flow.launch_relay()
-    consumer = flow.launch_consumer(**polling(simulator))
+    simulator, api, consumer = start_polled(flow)
     by_feed = [m["id"] for m in await flow.register_markets(api, 3)]
     by_webhook = [m["id"] for m in await flow.register_markets(api, 3)]
     await requested(simulator, by_feed)
@@ -227,10 +230,7 @@ async def test_item_8_a_poisoned_feed_page_stops_no_approval(flow: Flow) -> None
 async def test_item_9_a_decision_the_poller_could_not_read_is_applied_from_a_later_copy(
     flow: Flow,
 ) -> None:
-    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
-    _, api = flow.start_api()
-    flow.launch_relay()
-    consumer = flow.launch_consumer(**polling(simulator))
+    simulator, api, consumer = start_polled(flow)
     first, second = (m["id"] for m in await flow.register_markets(api, 2))
     by_webhook = seed_event(first, event_id="fixed-by-webhook")
     by_feed = seed_event(second, event_id="fixed-on-the-feed")
@@ -479,10 +479,8 @@ async def test_item_9_replay_repairs_every_kind_of_failed_row(flow: Flow) -> Non
 
 async def test_item_9_replay_refuses_what_still_cannot_be_read(flow: Flow) -> None:
     flow._env = {**flow._env, "ADMIN_TOKEN": TOKEN}
-    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
-    _, api = flow.start_api()
-    flow.launch_relay()
-    flow.launch_consumer(**polling(simulator)).wait_for_log("consuming")
+    simulator, api, consumer = start_polled(flow)
+    consumer.wait_for_log("consuming")
     [market] = [m["id"] for m in await flow.register_markets(api, 1)]
     await requested(simulator, [market])
     await put_on_feed(simulator, nested_event("too-deep", market, 400))
@@ -540,10 +538,7 @@ async def record_failed(flow: Flow, event_id: str, payload: dict[str, Any], erro
 async def test_an_occurred_at_the_database_cannot_hold_is_refused_not_retried_forever(
     flow: Flow,
 ) -> None:
-    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
-    _, api = flow.start_api()
-    flow.launch_relay()
-    consumer = flow.launch_consumer(**polling(simulator))
+    simulator, api, consumer = start_polled(flow)
     by_feed, by_webhook = (m["id"] for m in await flow.register_markets(api, 2))
     year_zero = "0001-01-01T00:00:00+01:00"  # in year 0 once in UTC
 
@@ -570,10 +565,7 @@ def test_a_page_of_more_events_than_asked_for_is_refused() -> None:
 async def test_an_event_that_merely_quotes_the_nesting_marker_is_read_as_sent(
     flow: Flow,
 ) -> None:
-    _, simulator = flow.start_simulator(EPC_API_KEY=API_KEY)
-    _, api = flow.start_api()
-    flow.launch_relay()
-    flow.launch_consumer(**polling(simulator))
+    simulator, api, _ = start_polled(flow)
     [market] = [m["id"] for m in await flow.register_markets(api, 1)]
     event = {**seed_event(market, event_id="quoting"), "context": {"note": TOO_DEEP_MARKER}}
 

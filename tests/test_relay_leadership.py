@@ -17,7 +17,8 @@ import asyncpg
 
 from relay.publisher import TERM_KEY
 from tests.support.flow import Flow
-from tests.support.outbox import seed_outbox, unpublished, wait_until
+from tests.support.outbox import seed_outbox, unpublished, wait_until, write_steadily
+from tests.support.processes import ManagedProcess
 from tests.support.relays import end_lock_session, pause_between_read_and_append, published_more
 
 STREAM = "markets:events"
@@ -71,14 +72,6 @@ async def test_refill_race_a_commit_in_flight_is_settled_before_the_refill(flow:
     await flow.check()  # the batch in flight went out again with the refill
 
 
-async def write_steadily(db: asyncpg.Connection, stop: asyncio.Event) -> None:
-    """20 rows every 10 ms over 10 markets, each transaction with its NOTIFY."""
-    while not stop.is_set():
-        await seed_outbox(db, 20, markets=10)
-        await db.execute("NOTIFY outbox")
-        await asyncio.sleep(0.01)
-
-
 async def test_refill_race_a_redis_restored_from_an_older_snapshot_under_load_keeps_order(
     flow: Flow,
 ) -> None:
@@ -102,9 +95,8 @@ async def test_refill_race_a_redis_restored_from_an_older_snapshot_under_load_ke
     await flow.check()
 
 
-async def test_two_leaders_for_a_moment_the_paused_leaders_late_append_is_refused(
-    flow: Flow,
-) -> None:
+async def leader_and_standby(flow: Flow) -> tuple[ManagedProcess, ManagedProcess]:
+    """A backlog (in small batches: it lasts), a relay publishing it and one standing by."""
     await seed_outbox(flow.db, 100_000, markets=500)
     await flow.db.execute("ANALYZE outbox")
     leader = flow.launch_relay("relay-a", OUTBOX_BATCH_SIZE="100")
@@ -112,6 +104,13 @@ async def test_two_leaders_for_a_moment_the_paused_leaders_late_append_is_refuse
     standby = flow.launch_relay("relay-b", OUTBOX_BATCH_SIZE="100")
     standby.wait_for_log("waiting as standby")
     await published_more(flow.db, than=100_000)
+    return leader, standby
+
+
+async def test_two_leaders_for_a_moment_the_paused_leaders_late_append_is_refused(
+    flow: Flow,
+) -> None:
+    leader, standby = await leader_and_standby(flow)
 
     # Catch the leader between reading a batch and appending it, then end its lock
     # session: the standby takes over while the paused leader still holds its rows.
@@ -133,13 +132,7 @@ async def test_two_leaders_for_a_moment_a_paused_leader_loses_the_lead_within_se
 ) -> None:
     """Paused anywhere (SIGSTOP), its kernel still answering keepalives: the server ends
     its idle lock session, the standby leads, and the old leader, resumed, steps down."""
-    await seed_outbox(flow.db, 100_000, markets=500)
-    await flow.db.execute("ANALYZE outbox")
-    leader = flow.launch_relay("relay-a", OUTBOX_BATCH_SIZE="100")
-    leader.wait_for_log("leading")
-    standby = flow.launch_relay("relay-b", OUTBOX_BATCH_SIZE="100")
-    standby.wait_for_log("waiting as standby")
-    await published_more(flow.db, than=100_000)
+    leader, standby = await leader_and_standby(flow)
 
     os.kill(leader.process.pid, signal.SIGSTOP)
     standby.wait_for_log("claimed", timeout=30)

@@ -20,11 +20,16 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from tests.conftest import TABLES, run_migrations
+from tests.conftest import emptied_database, migrated
 from tests.support import netns
 from tests.support.markets import REGISTER, seed_body
 from tests.support.netns import TAKEOVER_BOUND_S, IsolatedHost
-from tests.support.outbox import check_stream_against_outbox, seed_outbox, unpublished, wait_until
+from tests.support.outbox import (
+    check_stream_against_outbox,
+    unpublished,
+    wait_until,
+    write_steadily,
+)
 from tests.support.postgres_server import PostgresServer
 from tests.support.processes import ManagedProcess, free_port
 from tests.support.redis_server import RedisServer
@@ -74,18 +79,13 @@ class Site:
 async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
     host = IsolatedHost()
     host.create()
-    postgres = PostgresServer(
-        listen=f"127.0.0.1,{host.host_address}", trusted_networks=(host.network,)
-    )
     redis_server = RedisServer(bind=f"127.0.0.1 {host.host_address}")
     try:
-        await postgres.start()
-        run_migrations(postgres.url)
-        redis_server.start()
-        yield Site(host, postgres, redis_server, tmp_path_factory.mktemp("vanished"))
+        async with migrated(PostgresServer.reachable_from(host)) as postgres:
+            redis_server.start()
+            yield Site(host, postgres, redis_server, tmp_path_factory.mktemp("vanished"))
     finally:
         redis_server.destroy()
-        postgres.destroy()
         host.destroy()
 
 
@@ -104,12 +104,8 @@ def fresh_host(site: Site) -> Iterator[Site]:
 
 @pytest.fixture
 async def db(fresh_host: Site) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(fresh_host.postgres.url)
-    await connection.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
-    try:
+    async with emptied_database(fresh_host.postgres.url) as connection:
         yield connection
-    finally:
-        await connection.close()
 
 
 @pytest.fixture
@@ -120,13 +116,6 @@ async def stream(fresh_host: Site) -> AsyncIterator[redis.Redis]:
         yield client
     finally:
         await client.aclose()
-
-
-async def write_steadily(db: asyncpg.Connection, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        await seed_outbox(db, 20, markets=10)
-        await db.execute("NOTIFY outbox")
-        await asyncio.sleep(0.02)
 
 
 async def test_two_leaders_vanished_relay_host_its_standby_leads_within_the_bound(

@@ -38,6 +38,14 @@ async def seed_outbox(
     )
 
 
+async def write_steadily(db: asyncpg.Connection, stop: asyncio.Event) -> None:
+    """20 rows every 10 ms over 10 markets, each transaction with its NOTIFY, until `stop`."""
+    while not stop.is_set():
+        await seed_outbox(db, 20, markets=10)
+        await db.execute("NOTIFY outbox")
+        await asyncio.sleep(0.01)
+
+
 async def unpublished(db: asyncpg.Connection) -> int:
     count: int = await db.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
     return count

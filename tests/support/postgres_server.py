@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from scripts.services import ensure_databases, start_postgres, stop_postgres
+from tests.support.netns import IsolatedHost
 from tests.support.processes import free_port
 
 
@@ -27,6 +28,11 @@ class PostgresServer:
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
         self._database = database
+
+    @classmethod
+    def reachable_from(cls, host: IsolatedHost) -> PostgresServer:
+        """A server that also listens on this side of `host`'s link and trusts it."""
+        return cls(listen=f"127.0.0.1,{host.host_address}", trusted_networks=(host.network,))
 
     async def start(self) -> None:
         start_postgres(self.home, self.port, listen=self._listen, trusted_networks=self._trusted)
