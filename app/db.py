@@ -25,6 +25,15 @@ UNAVAILABLE_ERRORS: Final[tuple[type[Exception], ...]] = (
     asyncpg.InternalClientError,
 )
 
+# Worth retrying as they are: the database is away, busy, or chose us as a victim.
+TRANSIENT_ERRORS: Final[tuple[type[Exception], ...]] = (
+    *UNAVAILABLE_ERRORS,
+    asyncpg.InterfaceError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.QueryCanceledError,
+)
+
 # A value the database will not take (out of its range, against a constraint, too big
 # to index): the input's fault, never to be retried as it is.
 REFUSED_VALUE_ERRORS: Final[tuple[type[Exception], ...]] = (
@@ -67,9 +76,30 @@ def _json_text(value: Any) -> str:
 
 
 def storable(value: T, as_type: type[T]) -> T:
-    """`value` with NUL characters escaped, visibly: PostgreSQL text and jsonb hold none."""
-    text = _encode_json(value).replace(b"\\u0000", b"\\\\u0000")
-    return msgspec.json.decode(text, type=as_type)
+    """`value` with each NUL character written as the six characters \\u0000, visibly:
+    PostgreSQL text and jsonb hold no NUL. Text that already reads \\u0000 is left as
+    it is (an escape applied to the encoded JSON would turn it back into a NUL)."""
+    return msgspec.convert(_without_nul(msgspec.to_builtins(value)), as_type)
+
+
+def _without_nul(document: Any) -> Any:
+    """The same builtins, NUL replaced in every string, key or value; no recursion."""
+    root = [document]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        container, key = stack.pop()
+        item = container[key]
+        if isinstance(item, str):
+            container[key] = item.replace("\x00", "\\u0000")
+        elif isinstance(item, list):
+            stack.extend((item, index) for index in range(len(item)))
+        elif isinstance(item, dict):
+            container[key] = item = {
+                (name.replace("\x00", "\\u0000") if isinstance(name, str) else name): inner
+                for name, inner in item.items()
+            }
+            stack.extend((item, name) for name in item)
+    return root[0]
 
 
 async def init_connection(connection: asyncpg.Connection) -> None:

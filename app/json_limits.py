@@ -101,11 +101,15 @@ def cap_nesting(raw: bytes, limit: int) -> tuple[bytes, bool]:
 def decode(raw: bytes, limit: int = MAX_NESTING) -> Any:
     """Any JSON document nested at most `limit` levels deep.
 
-    Raises NestingTooDeep beyond it and msgspec.DecodeError for malformed JSON.
+    Raises NestingTooDeep beyond it and msgspec.DecodeError for malformed JSON, text
+    that is not UTF-8 included (msgspec raises UnicodeDecodeError for that).
     """
     if not within(raw, limit):
         raise NestingTooDeep(limit)
-    return _decode_any(raw)
+    try:
+        return _decode_any(raw)
+    except UnicodeDecodeError as error:
+        raise msgspec.DecodeError(f"not UTF-8: {error}") from None
 
 
 def holds_marker(value: Any) -> bool:

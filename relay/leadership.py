@@ -59,6 +59,10 @@ class Leadership:
         self.lost = asyncio.Event()
         self.session_name = f"{name}:{socket.gethostname()}:{os.getpid()}"[:63]
         self._heartbeat: asyncio.Task[None] | None = None
+        # One query at a time on the lock's connection (asyncpg allows no more): the
+        # heartbeat and the relay's term queries would otherwise collide, and a collision
+        # reads as a lost lock.
+        self._session = asyncio.Lock()
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait as a hot standby until the lock is ours (True) or `stop` is set (False)."""
@@ -101,28 +105,33 @@ class Leadership:
     async def newest_term(self) -> int:
         """The highest term any leader has drawn: above ours, another process leads now."""
         assert self.connection is not None and self._term_sequence
-        value = await self.connection.fetchval(
-            """
-            SELECT last_value FROM pg_sequences
-            WHERE schemaname = current_schema() AND sequencename = $1
-            """,
-            self._term_sequence,
-        )
+        async with self._session:
+            value = await self.connection.fetchval(
+                """
+                SELECT last_value FROM pg_sequences
+                WHERE schemaname = current_schema() AND sequencename = $1
+                """,
+                self._term_sequence,
+            )
         return int(value or 0)
 
     async def _draw_term(self) -> int:
         assert self.connection is not None and self._term_sequence
-        return int(await self.connection.fetchval("SELECT nextval($1)", self._term_sequence))
+        async with self._session:
+            term = await self.connection.fetchval("SELECT nextval($1)", self._term_sequence)
+        return int(term)
 
     async def draw_term_above(self, floor: int) -> int:
         """Move the sequence past `floor` (a term seen elsewhere) and draw our term anew."""
         assert self.connection is not None and self._term_sequence
-        await self.connection.execute(
-            "SELECT setval($1::text::regclass, greatest($2::bigint, $3::bigint))",
-            self._term_sequence,
-            floor,
-            await self.newest_term(),
-        )
+        newest = await self.newest_term()
+        async with self._session:
+            await self.connection.execute(
+                "SELECT setval($1::text::regclass, greatest($2::bigint, $3::bigint))",
+                self._term_sequence,
+                floor,
+                newest,
+            )
         self.term = await self._draw_term()
         return self.term
 
@@ -149,11 +158,16 @@ class Leadership:
         while True:
             await asyncio.sleep(self._heartbeat_s)
             try:
-                await asyncio.wait_for(self.connection.fetchval("SELECT 1"), timeout=5)
+                await asyncio.wait_for(self._ping(), timeout=5)
             except RETRYABLE_ERRORS as error:
                 log.warning("%s: lost the lock's connection (%r); stepping down", self.name, error)
                 self.lost.set()
                 return
+
+    async def _ping(self) -> None:
+        assert self.connection is not None
+        async with self._session:
+            await self.connection.fetchval("SELECT 1")
 
     async def _drop_connection(self) -> None:
         connection, self.connection = self.connection, None

@@ -30,7 +30,7 @@ from app.backoff import Backoff, sleep_unless
 from app.db import REFUSED_VALUE_ERRORS, RETRYABLE_ERRORS, create_pool
 from app.inbound.events import EPC_SOURCE, read_event_json
 from app.inbound.intake import Conflict, enqueue_new, log_conflict
-from app.inbound.unreadable import feed_event_record
+from app.inbound.unreadable import feed_event_record, printable
 from app.json_limits import MAX_NESTING, cap_nesting, within
 from app.process import stop_on_signals
 from app.settings import Settings
@@ -297,7 +297,14 @@ class Poller:
             except REFUSED_VALUE_ERRORS as refused:
                 row = feed_event_record(raw, refused, SOURCE)
                 unreadable[row.event_id] = row
-        await self._store_together({}, unreadable, cursor)
+        try:
+            await self._store_together({}, unreadable, cursor)
+        except REFUSED_VALUE_ERRORS as refused:
+            # A record PostgreSQL will not store as it is: kept without what it carried.
+            for key, row in unreadable.items():
+                unstorable = {"unstorable": printable(str(refused))[:1000]}
+                unreadable[key] = msgspec.structs.replace(row, payload=unstorable)
+            await self._store_together({}, unreadable, cursor)
         return conflicts
 
 

@@ -41,12 +41,22 @@ TRIM_LIMIT: Final = 10_000
 
 # Functions every script shares.
 _LIBRARY = """
+-- A whole number from a Redis value, within what a double holds exactly; nil otherwise.
 local function integer(value)
   local n = tonumber(value)
-  if n == nil or n ~= n or n == math.huge or n == -math.huge or n ~= math.floor(n) then
+  if n == nil or n ~= n or n < 0 or n > 9007199254740992 or n ~= math.floor(n) then
     return nil
   end
   return n
+end
+-- Refuse, before anything is written, a key of ours that holds another type: a script
+-- that errs half-way has written its first half.
+local function of_type(key, wanted)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'none' and kind ~= wanted then
+    return 'WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a ' .. wanted
+  end
+  return nil
 end
 local function fields(flat)
   local t = {}
@@ -57,7 +67,8 @@ end
 local function claim(term_key, term)
   local current = integer(redis.call('GET', term_key)) or 0
   if current > term then
-    return 'FENCED term ' .. current .. ' has claimed Redis; this relay leads term ' .. term
+    return string.format('FENCED term %d has claimed Redis; this relay leads term %d',
+                         current, term)
   end
   if current < term then redis.call('SET', term_key, term) end
   return nil
@@ -146,7 +157,8 @@ local function trim(key, lost_key, length, limit, mode, required)
       lost, exact = removed, 0
     end
     if lost > 0 then
-      redis.call('HINCRBY', lost_key, group['name'], lost)
+      local counted = integer(redis.call('HGET', lost_key, group['name'])) or 0
+      redis.call('HSET', lost_key, group['name'], counted + lost)
       for _, value in ipairs({group['name'], lost, group['last-delivered-id'], first, exact}) do
         table.insert(reply, value)
       end
@@ -166,7 +178,10 @@ _FIELD_ARGS = ", ".join(f"'{name}', ARGV[i + {n}]" for n, name in enumerate(STRE
 _APPEND_BATCH = f"""
 {_LIBRARY}
 local term, streams = tonumber(ARGV[1]), tonumber(ARGV[2])
-local refused = guard(KEYS[1], KEYS[2], term)
+local refused = guard(KEYS[1], KEYS[2], term) or of_type(KEYS[3], 'hash')
+for s = 1, streams do
+  refused = refused or of_type(KEYS[2 + 2 * s], 'stream') or of_type(KEYS[3 + 2 * s], 'hash')
+end
 if refused then return redis.error_reply(refused) end
 local added, count = {{}}, {{}}
 for s = 1, streams do
@@ -236,11 +251,14 @@ return redis.call('HDEL', KEYS[2], ARGV[2])
 # appended to them: deleted since (and maybe recreated empty).
 _LOST_STREAMS = f"""
 {_LIBRARY}
+local refused = of_type(KEYS[1], 'hash')
+if refused then return redis.error_reply(refused) end
 local lost = {{}}
 local recorded = redis.call('HGETALL', KEYS[1])
 for n = 1, #recorded, 2 do
   local expected = integer(recorded[n + 1])
-  if expected and entries_added(recorded[n]) < expected then
+  if expected and not of_type(recorded[n], 'stream')
+     and entries_added(recorded[n]) < expected then
     table.insert(lost, recorded[n])
   end
 end
@@ -251,6 +269,8 @@ return lost
 # required group. Returns trim's reply.
 _TRIM = f"""
 {_LIBRARY}
+local refused = of_type(KEYS[1], 'stream') or of_type(KEYS[2], 'hash')
+if refused then return redis.error_reply(refused) end
 return trim(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4])
 """
 

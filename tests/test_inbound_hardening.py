@@ -607,3 +607,24 @@ async def test_what_senders_name_adds_no_series_to_metrics(flow: Flow) -> None:
     assert [(dict(re.findall(r'(\w+)="([^"]*)"', labels)), value) for labels, value in samples] == [
         ({"status": "failed", "event_type": "other", "source": "entity_permissions_core"}, "30.0")
     ]
+
+
+async def test_an_entry_with_nul_and_text_that_reads_as_one_holds_up_no_consumer(
+    flow: Flow,
+) -> None:
+    """A NUL in a field, and text spelling \\u0000, once made the failure record of such an
+    entry unstorable: the consumer retried it for ever, and every entry behind it waited."""
+    consumer = flow.launch_consumer()
+    await flow.stream.xgroup_create(
+        "entity-permissions:events", "market-approvals", id="0", mkstream=True
+    )
+    await flow.stream.xadd(
+        "entity-permissions:events",
+        {"event_id": "bad\x00id", "event_type": "x", "payload": '{"note": "C:\\\\u0000"}'},
+    )
+    await flow.xadd_decision(decision_event(str(uuid.uuid4()), event_id="behind-it"))
+
+    await wait_outcome(flow, "behind-it", "failed")  # an unknown market: read and judged
+    [row] = await wait_unreadable(flow, 1)
+    assert "\\u0000" in json.dumps(json.loads(row["payload"]))
+    assert_alive(consumer)

@@ -156,11 +156,12 @@ async def test_a_term_in_redis_that_cannot_be_read_or_comes_from_another_life(
 
     # A term above every term the database has drawn (a restored backup, a shared Redis):
     # the sequence moves past it, instead of one refused take-over after another.
-    await flow.stream.set(TERM_KEY, "1000000")
+    ahead = await flow.db.fetchval("SELECT last_value FROM outbox_relay_terms") + 10**14
+    await flow.stream.set(TERM_KEY, str(ahead))
     await seed_outbox(flow.db, 10)
     second = flow.launch_relay("relay-second")
-    second.wait_for_log("Redis held term 1000000, above the database's; leading as term")
+    second.wait_for_log(f"Redis held term {ahead}, above the database's; leading as term")
     await flow.all_published()
-    assert int(await flow.stream.get(TERM_KEY)) > 1_000_000
+    assert int(await flow.stream.get(TERM_KEY)) > ahead
     assert await flow.stream.xlen(STREAM) == 20
     await flow.check()

@@ -425,11 +425,16 @@ async def test_the_rate_limit_holds_and_answers_429(
     try:
         async with httpx.AsyncClient(base_url=base_url) as http:
             codes = [(await http.post(WEBHOOK, json=seed_event())).status_code for _ in range(7)]
+            # SNS drops a delivery answered 4xx and retries a 5xx: one over the limit waits.
+            by_sns = await http.post(
+                WEBHOOK, json=seed_event(), headers={"x-amz-sns-message-type": "Notification"}
+            )
     finally:
         process.stop()
 
     assert codes[:5] == [200] * 5
     assert codes[5:] == [429, 429]
+    assert by_sns.status_code == 503 and by_sns.headers["retry-after"] == "60"
     assert await stored(db) == 5
 
 
@@ -681,6 +686,9 @@ async def test_bad_input_before_authentication_gets_4xx_and_logs_no_traceback(
         (WEBHOOK, sns(cert_url=CERT_URL.replace(".com/", ".com:99999/")), sns_type),
         (WEBHOOK, sns(cert_url=CERT_URL.replace("Simple", "Simple\t")), sns_type),
         (WEBHOOK, sns(Signature="\u00e9" * 344), sns_type),
+        # Found by the second review: bytes that are not UTF-8 inside a JSON string.
+        (WEBHOOK, b'{"event_id": "\xff"}', json_type),
+        (REGISTER, b'{"name": "\xff"}', json_type),
     ]
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
@@ -691,7 +699,7 @@ async def test_bad_input_before_authentication_gets_4xx_and_logs_no_traceback(
     finally:
         process.stop()
 
-    assert statuses == [400, 400, 400, 401, 401, 401, 401, 401, 401]
+    assert statuses == [400, 400, 400, 401, 401, 401, 401, 401, 401, 400, 400]
     log = process.log_text()
     assert "Traceback" not in log
     assert "unhandled error" not in log

@@ -558,7 +558,7 @@ async def test_certificate_fetch_from_a_real_server_is_accepted(
     assert not server.cut_by_client.is_set()
 
 
-async def test_certificate_fetch_from_a_slow_drip_server_is_cut_at_the_deadline_with_401(
+async def test_certificate_fetch_from_a_slow_drip_server_is_cut_at_the_deadline_with_503(
     signer: SnsSigner, db: asyncpg.Connection, redis_client: redis.Redis
 ) -> None:
     # One byte every 50 ms: each read is quick, so no per-read time-out ever fires;
@@ -573,15 +573,16 @@ async def test_certificate_fetch_from_a_slow_drip_server_is_cut_at_the_deadline_
         cut = await asyncio.to_thread(server.cut_by_client.wait, 30)
         await transport.close_for_good()
 
-    assert response.status_code == 401, response.text
-    assert "within 0.5 s" in response.json()["errors"][0]["reason"]
+    # A 5xx: SNS sends the delivery again, where a 4xx would drop the decision for good.
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
     assert server.paths == [PEM_PATH]
     assert cut, "the server was still trickling: the download was not cut"
     assert verifier.cached_certificate_urls == ()
     await assert_nothing_stored(db, redis_client)
 
 
-async def test_certificate_fetch_that_answers_a_minute_late_is_cut_at_the_deadline_with_401(
+async def test_certificate_fetch_that_answers_a_minute_late_is_cut_at_the_deadline_with_503(
     signer: SnsSigner, db: asyncpg.Connection
 ) -> None:
     # The deadline holds for an injected fetcher too. A minute, not forever: without the
@@ -594,8 +595,8 @@ async def test_certificate_fetch_that_answers_a_minute_late_is_cut_at_the_deadli
     async with serving(verifier) as client:
         response = await post(client, signer.message(message=seed_event()))
 
-    assert response.status_code == 401, response.text
-    assert "within 0.2 s" in response.json()["errors"][0]["reason"]
+    assert response.status_code == 503, response.text
+    assert "cannot be fetched now" in response.json()["detail"]
 
 
 async def test_certificate_over_64_kib_is_refused_with_401(

@@ -25,7 +25,7 @@ from app.approvals import service
 from app.approvals.domain import REFUSALS, Reason, Status
 from app.approvals.service import Delivery, Outcome
 from app.backoff import Backoff
-from app.db import RETRYABLE_ERRORS, UNAVAILABLE_ERRORS, create_pool, storable
+from app.db import RETRYABLE_ERRORS, TRANSIENT_ERRORS, create_pool, storable
 from app.inbound.events import UnreadableEntry, read_stream_entry
 from app.inbound.unreadable import UNREADABLE_ENTRY, label, printable, stream_entry_key
 from app.process import stop_on_signals
@@ -41,13 +41,6 @@ GROUP: Final = APPROVALS_GROUP
 STREAM: Final = ENTITY_PERMISSIONS_EVENTS
 
 # Worth retrying in place, without counting a delivery: the database is away or busy.
-TRANSIENT_ERRORS: Final[tuple[type[Exception], ...]] = (
-    *UNAVAILABLE_ERRORS,
-    asyncpg.InterfaceError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.QueryCanceledError,
-)
 BATCH_ERRORS: Final[tuple[type[Exception], ...]] = (redis.RedisError, *RETRYABLE_ERRORS)
 RETRY_IN_PLACE: Final[tuple[type[Exception], ...]] = (
     *TRANSIENT_ERRORS,
@@ -327,8 +320,18 @@ class ApprovalConsumer:
                 recorded = await service.record_failure(
                     UnitOfWork(self._pool), clean, reason, error
                 )
-            except RETRYABLE_ERRORS as unavailable:
+            except TRANSIENT_ERRORS as unavailable:
                 await self._postgres_backoff.wait_after(unavailable, self._stop)
+                continue
+            except asyncpg.PostgresError as refused:
+                # Something it carried PostgreSQL will not store: recorded without it, so
+                # that one entry never holds up those behind it.
+                if clean.envelope.payload.get("unstorable"):
+                    log.error(
+                        "cannot record entry %s as failed: %s", clean.envelope.event_id, refused
+                    )
+                    return False
+                clean = Delivery(_without_content(clean.envelope, refused), clean.attempts)
                 continue
             self.applied["failed"] += 1
             if recorded:
@@ -344,6 +347,19 @@ class ApprovalConsumer:
         except redis.RedisError as error:
             # Not acknowledged: redelivered later, then dropped as duplicates.
             log.warning("could not acknowledge %d entries: %r", len(ids), error)
+
+
+def _without_content(envelope: EventEnvelope, refused: Exception) -> EventEnvelope:
+    """The envelope of a failure record, its content replaced by why it was refused."""
+    return msgspec.structs.replace(
+        envelope,
+        event_id=envelope.event_id[:255],
+        event_type=envelope.event_type[:255],
+        source=envelope.source[:255],
+        aggregate_id=envelope.aggregate_id[:255],
+        payload={"unstorable": printable(str(refused))[:1000]},
+        context={},
+    )
 
 
 def log_not_applied(

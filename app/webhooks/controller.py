@@ -22,6 +22,7 @@ from app.validation import convert_object, decode_json
 from app.webhooks import standard
 from app.webhooks.guard import RateLimiter, SourceGuard
 from app.webhooks.sns import (
+    CertificateUnavailable,
     SnsMessage,
     SnsVerifier,
     SubscriptionNotConfirmed,
@@ -32,6 +33,9 @@ from app.webhooks.standard import SignatureError
 log = logging.getLogger(__name__)
 
 MAX_WEBHOOK_BODY = 256 * 1024
+# Set by SNS on its deliveries. It decides nothing about how a body is read (only the
+# body is signed), only how a refusal is worded: SNS drops a delivery answered 4xx.
+SNS_TYPE_HEADER = "x-amz-sns-message-type"
 ACCEPTED_MEDIA_TYPES = ("application/json", "text/plain")  # SNS posts text/plain
 
 
@@ -52,6 +56,10 @@ class Forbidden(HTTPException):
 
 class TooManyRequests(HTTPException):
     status_code = 429
+
+
+class TryAgainLater(HTTPException):
+    status_code = 503
 
 
 class WebhookReceiver:
@@ -81,6 +89,9 @@ class WebhookReceiver:
         if not self.guard.allows(caller):
             raise Forbidden(detail=f"{caller.name} is not in WEBHOOK_ALLOWED_CIDRS")
         if not await self.limiter.allow(caller.rate_key):
+            if request.headers.get(SNS_TYPE_HEADER):
+                # SNS retries a 5xx and drops a 4xx: a delivery over the limit waits.
+                raise TryAgainLater(detail="rate limit exceeded", headers={"Retry-After": "60"})
             raise TooManyRequests(detail="rate limit exceeded", headers={"Retry-After": "60"})
 
     def authenticate_direct(self, headers: dict[str, str], body: bytes) -> None:
@@ -113,6 +124,9 @@ _RESPONSES = error_responses(
         "or payload differ); the differing fields are listed, the first copy stands",
         413: "Body over 256 KiB",
         415: "Content-Type neither application/json nor text/plain",
+        429: "Rate limited (an SNS delivery gets 503 instead, which SNS retries)",
+        503: "PostgreSQL is down, or an SNS delivery cannot be verified or confirmed now "
+        "(its certificate or SubscribeURL unreachable, or it was rate limited): retry",
     },
 )
 
@@ -166,7 +180,15 @@ class WebhookController(Controller):
         self, document: Any, uow: UnitOfWork, receiver: WebhookReceiver
     ) -> Receipt | SnsReceipt:
         message = convert_object(document, SnsMessage)
-        await receiver.sns.verify(message)
+        try:
+            await receiver.sns.verify(message)
+        except CertificateUnavailable as unavailable:
+            # A 5xx, so that SNS sends the delivery again (a 4xx would drop it for good).
+            log.warning("SNS delivery %s not verified yet: %s", message.message_id, unavailable)
+            raise TryAgainLater(
+                detail="the SNS signing certificate cannot be fetched now; retry",
+                headers={"Retry-After": "5"},
+            ) from None
         if message.type == "SubscriptionConfirmation":
             url = subscribe_url_for(message)
             try:
@@ -174,8 +196,7 @@ class WebhookController(Controller):
             except SubscriptionNotConfirmed as failed:
                 # A 5xx, so that SNS sends the confirmation again (a 4xx would end it).
                 log.warning("SNS subscription to %s not confirmed: %s", message.topic_arn, failed)
-                raise HTTPException(
-                    status_code=503,
+                raise TryAgainLater(
                     detail="could not confirm the SNS subscription now; retry",
                     headers={"Retry-After": "5"},
                 ) from None

@@ -47,6 +47,7 @@ HTTP_TIMEOUT_S = 5.0  # httpx's, per phase (connect, each read...)
 CERTIFICATE_DEADLINE_S = 5.0
 MAX_CERTIFICATE_BYTES = 64 * 1024  # AWS's are under 2 KiB
 MAX_CACHED_CERTIFICATES = 32
+CONCURRENT_DOWNLOADS = 4
 _TOO_LARGE = f"the signing certificate is over {MAX_CERTIFICATE_BYTES} bytes"
 
 # An AWS region as AWS names them (us-east-1, eu-central-2, us-gov-west-1, cn-north-1):
@@ -223,6 +224,12 @@ class SubscriptionNotConfirmed(Exception):
     """SNS's SubscribeURL could not be visited this time: SNS should send it again."""
 
 
+class CertificateUnavailable(Exception):
+    """The signing certificate could not be had this time (SNS's host unreachable, slow,
+    failing): the delivery is answered 5xx, so that SNS sends it again (a 4xx would
+    drop it for good)."""
+
+
 class SnsVerifier:
     def __init__(
         self,
@@ -240,6 +247,9 @@ class SnsVerifier:
         self._deadline_s = certificate_deadline_s
         self._keys = _VerifiedKeys(MAX_CACHED_CERTIFICATES)
         self._downloads: dict[str, asyncio.Future[rsa.RSAPublicKey]] = {}
+        # Downloads at once: forged deliveries naming certificates of their own cannot
+        # make us open any number of connections (each waits its turn in the deadline).
+        self._download_slots = asyncio.Semaphore(CONCURRENT_DOWNLOADS)
         self._awaiting = 0
 
     @property
@@ -294,14 +304,20 @@ class SnsVerifier:
 
     async def _load_key(self, url: str) -> rsa.RSAPublicKey:
         try:
-            async with asyncio.timeout(self._deadline_s):
+            async with asyncio.timeout(self._deadline_s), self._download_slots:
                 pem = await self._fetch(url)
         except TimeoutError:
-            raise SignatureError(
+            raise CertificateUnavailable(
                 f"the signing certificate did not arrive within {self._deadline_s:g} s"
             ) from None
+        except httpx.HTTPStatusError as error:
+            if error.response.status_code >= 500:
+                raise CertificateUnavailable(f"SNS answered {error.response.status_code}") from None
+            raise SignatureError(f"no signing certificate there: {error!r}") from None
         except httpx.HTTPError as error:
-            raise SignatureError(f"cannot fetch the signing certificate: {error!r}") from None
+            raise CertificateUnavailable(
+                f"cannot fetch the signing certificate: {error!r}"
+            ) from None
         return _rsa_key(pem)
 
 
