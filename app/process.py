@@ -64,6 +64,13 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+# How long an idle connection is kept open: longer than clients and load balancers keep
+# theirs (httpx 5 s, AWS load balancers 60 s), so that the client, never the server,
+# ends an idle connection. uvicorn's 5 s raced clients that send on a connection at
+# the moment it is closed under them (a reset, not an answer).
+KEEP_ALIVE_S = 75
+
+
 def serve_http(factory: str, host: str, port: int) -> None:
     """Serve an app factory ("module:function") with uvicorn; logging stays ours.
 
@@ -82,6 +89,7 @@ def serve_http(factory: str, host: str, port: int) -> None:
             log_config=None,
             access_log=False,
             proxy_headers=False,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
     except ConfigError as error:
         refuse_to_start(error)

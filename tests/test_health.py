@@ -191,3 +191,28 @@ async def test_ready_and_metrics_concurrent_callers_share_one_fetch() -> None:
     now = 5.0
     assert await shared.latest() == 2
     assert fetches == 2
+
+
+async def test_an_idle_connection_outlives_the_clients_own_keep_alive(api: str) -> None:
+    """A client (httpx keeps 5 s, a load balancer 60 s) may send on an idle connection
+    until its own time is up: a server that closed it first answered with a reset."""
+    parts = urlsplit(api)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    request = f"GET /health HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
+    try:
+        for pause_s in (0.0, 6.0):  # past uvicorn's own 5 s
+            await asyncio.sleep(pause_s)
+            writer.write(request)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(
+                next(
+                    line.split(b":")[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+            )
+            await reader.readexactly(length)
+    finally:
+        writer.close()
