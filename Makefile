@@ -27,8 +27,8 @@ services: install ## make sure PostgreSQL and Redis answer (starting throw-away 
 services-down: install ## stop the throw-away servers `make services` started
 	$(PY) -m scripts.services down
 
-migrate: services ## apply every migration in piccolo_migrations/ (a second run changes nothing)
-	$(PY) -m piccolo.main migrations forwards market
+migrate: services ## apply every migration in piccolo_migrations/ and say so in one line (a second run changes nothing)
+	$(PY) -m scripts.migrate
 
 api: migrate ## serve the HTTP API on HTTP_HOST:HTTP_PORT (default 127.0.0.1:3000); production unless APP_ENV says otherwise
 	$(PY) -m app
