@@ -24,11 +24,11 @@ install: .venv/.installed ## create .venv with the locked dependencies (installs
 services: install ## make sure PostgreSQL and Redis answer (starting throw-away ones if needed) and the databases exist
 	$(PY) -m scripts.services up
 
-services-down: install ## stop the throw-away servers `make services` started
+services-down: install ## stop the throw-away servers `make services` started, saying which
 	$(PY) -m scripts.services down
 
-migrate: services ## apply every migration in piccolo_migrations/ (a second run changes nothing)
-	$(PY) -m piccolo.main migrations forwards market
+migrate: services ## apply every migration in piccolo_migrations/ and say so in one line (a second run changes nothing)
+	$(PY) -m scripts.migrate
 
 api: migrate ## serve the HTTP API on HTTP_HOST:HTTP_PORT (default 127.0.0.1:3000); production unless APP_ENV says otherwise
 	$(PY) -m app
@@ -55,7 +55,7 @@ demo: install ## in a second shell while `make run` runs: the seed's flow, step 
 cleanup: migrate ## apply retention once (old published outbox rows, processed events, idempotency keys)
 	$(PY) -m relay cleanup
 
-run: migrate ## the whole service in one command (API, relay, consumer, simulator), output prefixed by process; Ctrl-C stops all; APP_ENV unset means development here
+run: migrate ## the whole service in one command (API, relay, consumer, simulator), output prefixed by process, then a block with the URLs once all are up; Ctrl-C stops all; APP_ENV unset means development here
 	$(PY) -m scripts.run
 
 test: services ## the test suite against real PostgreSQL and Redis

@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
         app.state.webhook_receiver = WebhookReceiver(
             secrets=settings.webhook_secrets,
             production=settings.is_production,
+            development=settings.app_env == "development",
             sns=sns or SnsVerifier(settings.sns_topic_arns, verify_signatures=settings.sns_verify),
             guard=SourceGuard(settings.webhook_allowed_cidrs, settings.trusted_proxies),
             limiter=RateLimiter(app.state.redis, settings.webhook_rate_limit_per_minute),

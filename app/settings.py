@@ -218,9 +218,10 @@ def load_settings(
     """Build Settings from `defaults`, overlaid by `.env`, overlaid by the environment;
     raise ConfigError on bad values. `defaults` lets a command meant for development
     (`make run`) default APP_ENV to development while `.env` or the environment decide."""
-    source = dict(defaults or {})
-    source.update(read_dotenv(dotenv) if dotenv is not None else {})
+    source = dict(read_dotenv(dotenv) if dotenv is not None else {})
     source.update(os.environ if environ is None else environ)
+    # An empty value is an unset one, here as below: the default shows through it.
+    source |= {key: value for key, value in (defaults or {}).items() if not source.get(key)}
     raw: dict[str, object] = {}
     for field in msgspec.structs.fields(Settings):
         value = source.get(field.name.upper())

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import redis.asyncio as redis
 
+from app.logging import address_of
+from app.settings import Settings
 from scripts.run import SIMULATOR_PORT, local_settings
 
 REGISTER_BODY = {
@@ -38,6 +42,29 @@ def show(value: Any) -> None:
     print(json.dumps(value, indent=2), flush=True)
 
 
+def redis_cli(url: str) -> str:
+    """The redis-cli command that reaches REDIS_URL: bare for the default server and
+    database, with -h/-p, -n, --tls, --user and --askpass (never the password) otherwise."""
+    parts = urlsplit(url)
+    args = ["redis-cli"]
+    if parts.scheme == "unix":
+        args += ["-s", parts.path]
+    else:
+        host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+        if host not in ("127.0.0.1", "localhost") or port != 6379:
+            args += ["-h", host, "-p", str(port)]
+        if parts.scheme == "rediss":
+            args.append("--tls")
+    database = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if database not in ("", "0"):
+        args += ["-n", database]
+    if parts.username:
+        args += ["--user", unquote(parts.username)]
+    if parts.password:
+        args.append("--askpass")
+    return shlex.join(args)
+
+
 async def eventually(check: Callable[[], Awaitable[Any]], what: str, within: float = 30) -> Any:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -47,11 +74,17 @@ async def eventually(check: Callable[[], Awaitable[Any]], what: str, within: flo
     raise SystemExit(f"demo: gave up waiting for {what} after {within:g} s")
 
 
-async def demo() -> None:
-    settings = local_settings()  # the same view of `.env` as the `make run` it talks to
+def where_redis_is(url: str) -> str:
+    """How the demo names the Redis it reads, in a message a person may need to act on."""
+    return f"Redis at {address_of(url)} (REDIS_URL; `make run` must use the same one)"
+
+
+async def demo(settings: Settings) -> None:
     api = f"http://127.0.0.1:{settings.http_port}"
     epc = settings.permissions_service_base_url or f"http://127.0.0.1:{SIMULATOR_PORT}"
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    cli = redis_cli(settings.redis_url)
+    redis_named = where_redis_is(settings.redis_url)
     async with httpx.AsyncClient(base_url=api, timeout=10) as http:
         try:
             await http.get("/health")
@@ -80,8 +113,9 @@ async def demo() -> None:
                     return fields
             return None
 
-        show(await eventually(requested, "market.approval_requested on markets:events"))
-        print("see it yourself: redis-cli XREVRANGE markets:events + - COUNT 2")
+        on_the_stream = f"market.approval_requested on markets:events in {redis_named}"
+        show(await eventually(requested, on_the_stream))
+        print(f"see it yourself: {cli} XREVRANGE markets:events + - COUNT 2")
 
         step(3, "Entity Permissions Core (the simulator) lists it for an administrator")
 
@@ -114,11 +148,19 @@ async def demo() -> None:
             ["XPENDING", "entity-permissions:events", "market-approvals"],
             ["XINFO", "GROUPS", "markets:events"],
         ):
-            print(f"\n$ redis-cli {' '.join(command)}")
+            print(f"\n$ {cli} {' '.join(command)}")
             show(await client.execute_command(*command))
     await client.aclose()
     print("\ndemo: done: the market is active", flush=True)
 
 
+async def main() -> None:
+    settings = local_settings()  # the same view of `.env` as the `make run` it talks to
+    try:
+        await demo(settings)
+    except redis.RedisError as error:
+        raise SystemExit(f"demo: {where_redis_is(settings.redis_url)}: {error}") from None
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(demo()))
+    sys.exit(asyncio.run(main()))

@@ -165,15 +165,18 @@ def start_postgres(
     )
 
 
-def stop_postgres(home: Path) -> None:
+def stop_postgres(home: Path) -> bool:
+    """Stop the cluster in `home` if it runs; whether it did."""
     data = home / "data"
-    if (data / "postmaster.pid").exists():
-        pg_ctl = str(_pg_binaries() / "pg_ctl")
-        subprocess.run(
-            _as_server_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]),
-            check=False,
-            stdout=subprocess.DEVNULL,
-        )
+    if not (data / "postmaster.pid").exists():
+        return False
+    pg_ctl = str(_pg_binaries() / "pg_ctl")
+    stopped = subprocess.run(
+        _as_server_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]),
+        check=False,
+        stdout=subprocess.DEVNULL,
+    )
+    return stopped.returncode == 0
 
 
 async def ensure_databases(url: str, names: list[str]) -> None:
@@ -267,13 +270,25 @@ async def up() -> None:
 
 
 def down() -> None:
-    """Stop the throw-away servers this script started; leaves other servers alone."""
-    stop_postgres(PG_DIR)
+    """Stop the throw-away servers this script started, saying which; leaves other
+    servers alone."""
+    stopped = []
+    if stop_postgres(PG_DIR):
+        stopped.append(f"PostgreSQL (data in {PG_DIR})")
     pidfile = REDIS_DIR / "redis.pid"
     if pidfile.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+            pid = int(pidfile.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(f"Redis (pid {pid}, nothing kept)")
         pidfile.unlink(missing_ok=True)
+    for server in stopped:
+        say(f"stopped the throw-away {server}")
+    if not stopped:
+        say(
+            f"nothing to stop: no throw-away server of `make services` runs from {LOCAL}; "
+            "servers it did not start are left alone"
+        )
 
 
 def main() -> int:

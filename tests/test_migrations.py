@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
 from scripts.services import with_database
 from tests.conftest import DATABASE_URL, run_migrations
+from tests.support.processes import ROOT
 
-SCRATCH = "marketdb_migration_check"
+# Named after the test database, so that suites run side by side on one server (each with
+# a DATABASE_URL of its own) never drop each other's scratch database.
+SCRATCH = urlsplit(DATABASE_URL).path.lstrip("/") + "_migration_check"
 
 SCHEMA = """
 SELECT 'column' AS kind, table_name || '.' || column_name || ' ' || data_type AS item
@@ -27,12 +35,12 @@ ORDER BY 1, 2
 @pytest.fixture
 async def scratch_url() -> AsyncIterator[str]:
     admin = await asyncpg.connect(with_database(DATABASE_URL, "postgres"))
-    await admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH} WITH (FORCE)")
-    await admin.execute(f"CREATE DATABASE {SCRATCH}")
+    await admin.execute(f'DROP DATABASE IF EXISTS "{SCRATCH}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{SCRATCH}"')
     try:
         yield with_database(DATABASE_URL, SCRATCH)
     finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH} WITH (FORCE)")
+        await admin.execute(f'DROP DATABASE IF EXISTS "{SCRATCH}" WITH (FORCE)')
         await admin.close()
 
 
@@ -65,3 +73,41 @@ async def test_migrations_build_every_table_and_a_second_run_changes_nothing(
     indexes = " ".join(item for kind, item in schema if kind == "index")
     assert "outbox_unpublished_idx" in indexes and "WHERE (published_at IS NULL)" in indexes
     assert "processed_events_status_time_idx" in indexes
+
+
+MIGRATIONS = len(list(Path(ROOT, "piccolo_migrations").glob("market_*.py")))
+
+
+def make_migrate(database_url: str) -> subprocess.CompletedProcess[str]:
+    """What `make migrate` runs once the services answer."""
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.migrate"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_make_migrate_says_in_one_line_what_it_applied_then_that_nothing_is_pending(
+    scratch_url: str,
+) -> None:
+    migrations = MIGRATIONS
+    first = make_migrate(scratch_url)
+    second = make_migrate(scratch_url)
+
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout == f"migrate: {migrations} applied, now up to date ({migrations})\n"
+    assert second.stdout == f"migrate: up to date ({migrations}), nothing to apply\n"
+    assert first.stderr == second.stderr == ""
+    assert await schema_of(scratch_url) != []
+
+
+def test_make_migrate_that_cannot_reach_the_database_fails_naming_it() -> None:
+    failed = make_migrate("postgresql://postgres@127.0.0.1:1/nowhere")
+
+    assert failed.returncode == 1
+    assert "migrate: failed on 127.0.0.1:1/nowhere:" in failed.stderr
+    assert failed.stdout == ""

@@ -1,4 +1,5 @@
-"""`make services` on a machine where nothing answers: throw-away servers from the binaries."""
+"""`make services` on a machine where nothing answers: throw-away servers from the binaries,
+which `make services-down` stops, saying so."""
 
 from __future__ import annotations
 
@@ -53,6 +54,13 @@ async def test_services_start_throw_away_servers_when_none_answer() -> None:
 
         again = services("up", env)
         assert "PostgreSQL answers at DATABASE_URL" in again.stdout
+
+        stopped = services("down", env)
+        assert f"services: stopped the throw-away PostgreSQL (data in {local_dir}/postgres)" in (
+            stopped.stdout
+        )
+        assert "services: stopped the throw-away Redis (pid " in stopped.stdout
+        assert "nothing to stop: no throw-away server" in services("down", env).stdout
     finally:
         services("down", env)
         shutil.rmtree(local_dir, ignore_errors=True)

@@ -20,7 +20,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as redis
@@ -83,6 +83,24 @@ class SourceGuard:
 
     def _is_proxy(self, address: Address) -> bool:
         return any(address in network for network in self._proxies)
+
+
+def from_this_machine(peer: str | None, headers: Mapping[str, str]) -> bool:
+    """The socket's peer is a loopback address, and no proxy or tunnel says it forwarded
+    the request: a local reverse proxy or a tunnel (ngrok and the like) connects from
+    loopback on behalf of a caller anywhere, and says so in headers such as these.
+
+    `headers` has its names in lower case, as the framework gives them. X-Forwarded-For
+    never makes a caller local: only the socket's own peer address counts.
+    """
+    address = parse_hop(peer or "")
+    if address is None or not address.is_loopback:
+        return False
+    return not any(_is_forwarding_header(name) for name in headers)
+
+
+def _is_forwarding_header(name: str) -> bool:
+    return name in ("forwarded", "x-real-ip", "via") or name.startswith("x-forwarded-")
 
 
 def _hops(lines: Sequence[str]) -> list[str]:
