@@ -21,6 +21,7 @@ from app.markets.schemas import (
     RegisterMarketRequest,
     RegistrationView,
 )
+from app.media_types import JSON_ONLY
 from app.openapi import error_responses
 from app.unit_of_work import UnitOfWork
 from app.validation import FieldError, RequestValidationError
@@ -57,12 +58,15 @@ class MarketController(Controller):
             400,
             409,
             413,
+            415,
             503,
             descriptions={
                 400: "Malformed or invalid request; every wrong field is listed. A body nested "
-                f"deeper than {MAX_NESTING} levels of objects and arrays is refused."
+                f"deeper than {MAX_NESTING} levels of objects and arrays is refused.",
+                415: JSON_ONLY.description,
             },
         ),
+        opt=JSON_ONLY.opt,
     )
     async def register(
         self,
