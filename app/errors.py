@@ -22,6 +22,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from litestar.types import ExceptionHandlersMap
+from litestar.typing import FieldDefinition
 
 from app.admin.replay import StillUnreadable
 from app.db import UNAVAILABLE_ERRORS
@@ -29,7 +30,13 @@ from app.idempotency import IdempotencyConflict
 from app.inbound.intake import EventConflict
 from app.markets.service import MarketNotFound
 from app.media_types import CONTENT_TYPE, UnsupportedMediaType, accepted_by
-from app.validation import FieldError, RequestValidationError, decode_body
+from app.validation import (
+    FieldError,
+    RequestValidationError,
+    allowed_values,
+    decode_body,
+    not_one_of,
+)
 from app.webhooks.standard import SignatureError
 
 log = logging.getLogger(__name__)
@@ -87,16 +94,26 @@ def _litestar_invalid(request: AnyRequest, exc: ValidationException) -> Response
     """Path, query and header parameters, as Litestar reports them."""
     extra = exc.extra if isinstance(exc.extra, list) else []
     errors = [
-        FieldError(_wire_name(request, str(item.get("key", ""))), str(item.get("message", "")))
+        _parameter_error(request, str(item.get("key", "")), str(item.get("message", "")))
         for item in extra
         if isinstance(item, dict)
     ]
     return error_response(HTTP_400_BAD_REQUEST, "Invalid request", errors or None)
 
 
-def _wire_name(request: AnyRequest, parameter: str) -> str:
-    """The name the client sent (a header's, a query key's), not the Python argument's."""
+def _parameter_error(request: AnyRequest, parameter: str, message: str) -> FieldError:
+    """Named as the client sent it (a header's, a query key's name, not the Python
+    argument's); an enumerated query parameter's error lists the values it allows."""
     field = request.route_handler.parsed_fn_signature.parameters.get(parameter)
+    wire = _wire_name(field, parameter)
+    allowed = allowed_values(field.annotation) if field is not None else None
+    sent = request.query_params.getall(wire, [])
+    if allowed is not None and len(sent) == 1:
+        return FieldError(wire, not_one_of(sent[0], allowed))
+    return FieldError(wire, message)
+
+
+def _wire_name(field: FieldDefinition | None, parameter: str) -> str:
     definition = getattr(field, "kwarg_definition", None)
     for attribute in ("name", "header", "query"):
         if wire := getattr(definition, attribute, None):
