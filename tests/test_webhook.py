@@ -19,9 +19,12 @@ import jsonschema_rs
 import pytest
 import redis.asyncio as redis
 
+from app.inbound.events import read_event_json
 from app.json_limits import MAX_NESTING
+from app.validation import RequestValidationError
 from app.webhooks import standard
 from app.webhooks.guard import SourceGuard
+from outbox import new_event
 from tests.conftest import service_env
 from tests.support.flow import Flow
 from tests.support.json_strategies import nested_json
@@ -253,6 +256,19 @@ async def test_every_wrong_field_of_a_decision_is_reported_at_once(
         "context.actor_id",
     ]
     assert await stored(db) == 0
+
+
+def test_replay_reads_a_decision_by_the_rule_it_was_accepted_under() -> None:
+    # Admin replay re-reads the record of a decision the consumer could not apply: one
+    # accepted before entity_id and actor_id were required must stay replayable.
+    legacy = json.dumps(_decision_without("payload.entity_id", "context")).encode()
+
+    with pytest.raises(RequestValidationError) as refused:
+        read_event_json(legacy)
+    replayed = read_event_json(legacy, accepted=True)
+
+    assert [e.field for e in refused.value.errors] == ["payload.entity_id", "context.actor_id"]
+    assert replayed.aggregate_id == json.loads(legacy)["payload"]["market_id"]
 
 
 @pytest.mark.parametrize(
@@ -901,3 +917,34 @@ async def test_a_nul_character_gets_400_not_a_server_error(
     assert response.status_code == 400
     assert "NUL" in response.json()["errors"][0]["reason"]
     assert await stored(db) == 0
+
+
+async def test_decisions_accepted_before_entity_id_and_actor_id_were_required_are_applied(
+    flow: Flow,
+) -> None:
+    # Written to the outbox as the webhook accepted them under the looser rule: answered
+    # 200 then, so they must still be applied, neither refused nor a crash-looping consumer.
+    _, api = flow.start_api()
+    flow.launch_relay()
+    consumer = flow.launch_consumer()
+    [no_entity, no_context] = [m["id"] for m in await flow.register_markets(api, 2)]
+    legacy = [
+        new_event(
+            event_id=f"legacy-{market_id}",
+            event_type="market.approved",
+            source="entity_permissions_core",
+            aggregate_type="market",
+            aggregate_id=market_id,
+            payload={"market_id": market_id, "decision": "approved"},
+            context=context,
+        )
+        for market_id, context in ((no_entity, {"actor_id": "admin-1"}), (no_context, {}))
+    ]
+    await flow.enqueue_decisions(legacy)
+
+    async def applied() -> bool:
+        rows = await flow.db.fetch("SELECT status, decided_by FROM markets ORDER BY decided_by")
+        return [tuple(row) for row in rows] == [("active", "admin-1"), ("active", None)]
+
+    await wait_until(applied, 60, "both legacy decisions applied")
+    assert consumer.process.poll() is None

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 import msgspec
 
 from app.approvals.domain import DECISION_OF_EVENT
+from app.approvals.domain import DecisionPayload as AcceptedPayload
 from app.json_limits import MAX_NESTING, NestingTooDeep, holds_marker, within
 from app.validation import FieldError, RequestValidationError, convert_object
 from outbox import EventEnvelope, new_event
@@ -78,20 +79,24 @@ class DecisionContext(msgspec.Struct, frozen=True, kw_only=True):
     actor_id: Text
 
 
-def read_event(document: Any, *, default_event_id: str | None = None) -> EventEnvelope:
+def read_event(
+    document: Any, *, default_event_id: str | None = None, accepted: bool = False
+) -> EventEnvelope:
     """Validate a decoded event, reporting every wrong field at once; the envelope to enqueue.
 
     Decisions (market.approved, market.rejected) must carry a DecisionPayload agreeing
     with the event type and a DecisionContext; other event types are taken as they are,
-    for the consumer to record `skipped`.
+    for the consumer to record `skipped`. `accepted`: the event was accepted once (a
+    failed record replayed), so its decision is read as the consumer reads it: without
+    the entity_id and actor_id an event accepted before they were required may lack.
     """
     if isinstance(document, dict) and default_event_id and "event_id" not in document:
         document = {**document, "event_id": default_event_id}
     event, errors = _converted(document, InboundEvent)
-    decision = None
+    market_id = None
     if isinstance(document, dict):
         errors += _occurred_at_errors(document.get("occurred_at"))
-        decision, found = _read_decision(document)
+        market_id, found = _read_decision(document, accepted=accepted)
         errors += found
     if errors:
         raise RequestValidationError(errors)
@@ -101,7 +106,7 @@ def read_event(document: Any, *, default_event_id: str | None = None) -> EventEn
         event_type=event.event_type,
         source=event.source,
         aggregate_type="market",
-        aggregate_id=event.event_id if decision is None else str(decision.market_id),
+        aggregate_id=event.event_id if market_id is None else str(market_id),
         payload=event.payload,
         context=event.context,
         occurred_at=event.occurred_at,
@@ -126,8 +131,11 @@ def _occurred_at_errors(value: Any) -> list[FieldError]:
     return [FieldError("occurred_at", f"{value[:64]!r} is not {OCCURRED_AT_RULE}")]
 
 
-def _read_decision(document: dict[str, Any]) -> tuple[DecisionPayload | None, list[FieldError]]:
-    """A decision's payload and context, every wrong field named; nothing for other types.
+def _read_decision(
+    document: dict[str, Any], *, accepted: bool
+) -> tuple[uuid.UUID | None, list[FieldError]]:
+    """A decision's market and every wrong field of its payload and context; nothing for
+    other event types.
 
     Read beside the event's own fields, so that one answer lists the wrong ones of all
     three; a payload or context that is not an object is named by the event's check.
@@ -136,33 +144,39 @@ def _read_decision(document: dict[str, Any]) -> tuple[DecisionPayload | None, li
     expected = DECISION_OF_EVENT.get(event_type) if isinstance(event_type, str) else None
     if expected is None:
         return None, []
-    decision, errors = None, []
+    market_id: uuid.UUID | None = None
+    errors: list[FieldError] = []
     payload = document.get("payload")
     if isinstance(payload, dict):
-        decision, found = _converted(payload, DecisionPayload)
+        read: AcceptedPayload | DecisionPayload | None
+        if accepted:
+            read, found = _converted(payload, AcceptedPayload)
+        else:
+            read, found = _converted(payload, DecisionPayload)
+        market_id = None if read is None else read.market_id
         errors += _within("payload", found)
         given = payload.get("decision")
         if given in DECISION_OF_EVENT.values() and given != expected:
             errors.append(FieldError("payload.decision", f"{given!r} contradicts {event_type}"))
-            decision = None
     context = document.get("context", {})
-    if isinstance(context, dict):
+    if isinstance(context, dict) and not accepted:
         errors += _within("context", _converted(context, DecisionContext)[1])
-    return (decision if not errors else None), errors
+    return (market_id if not errors else None), errors
 
 
 def _within(name: str, errors: list[FieldError]) -> list[FieldError]:
     return [FieldError(f"{name}.{e.field}", e.reason) for e in errors]
 
 
-def read_event_json(raw: bytes, *, capped: bool = False) -> EventEnvelope:
+def read_event_json(raw: bytes, *, capped: bool = False, accepted: bool = False) -> EventEnvelope:
     """An event from the polling feed, as raw JSON; RequestValidationError naming why not.
 
     The webhook's rules (read_event), after what only a feed can serve: an event over
     MAX_EVENT_BYTES, JSON that does not decode, or a value the page's nesting cap dropped
     (the cap leaves each event at most MAX_NESTING deep, so nothing recursive below
     overflows; `capped`: the page was capped, so the cap's marker means a dropped value).
-    Admin replay reads a stored event document with this same function.
+    Admin replay reads a stored event document with this same function (`accepted`, see
+    read_event, for the record of an event the consumer could not apply).
     """
     if len(raw) > MAX_EVENT_BYTES:
         raise RequestValidationError.single("event", f"larger than {MAX_EVENT_BYTES} bytes")
@@ -176,7 +190,7 @@ def read_event_json(raw: bytes, *, capped: bool = False) -> EventEnvelope:
         raise RequestValidationError.single(
             "event", f"{NestingTooDeep(MAX_NESTING)}: the deeper values were dropped"
         )
-    return read_event(document)
+    return read_event(document, accepted=accepted)
 
 
 def read_stream_entry(fields: dict[str, str]) -> EventEnvelope:
