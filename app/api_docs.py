@@ -17,6 +17,7 @@ from litestar import Router, get
 from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.params import FromPath
 from litestar.response import File
 from swagger_ui_bundle import swagger_ui_path
 
@@ -42,7 +43,7 @@ def asset_url(name: str) -> str:
     # The files change only with the package: a day in a browser's cache is safe.
     cache_control=CacheControlHeader(max_age=86400, public=True),
 )
-def swagger_asset(name: str) -> File:
+def swagger_asset(name: FromPath[str]) -> File:
     media_type = _MEDIA_TYPES.get(name)
     if media_type is None:
         raise NotFoundException(f"no documentation asset {name!r}")
