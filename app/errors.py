@@ -16,18 +16,27 @@ from litestar.status_codes import (
     HTTP_405_METHOD_NOT_ALLOWED,
     HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from litestar.types import ExceptionHandlersMap
+from litestar.typing import FieldDefinition
 
 from app.admin.replay import StillUnreadable
 from app.db import UNAVAILABLE_ERRORS
 from app.idempotency import IdempotencyConflict
 from app.inbound.intake import EventConflict
 from app.markets.service import MarketNotFound
-from app.validation import FieldError, RequestValidationError, decode_body
+from app.media_types import CONTENT_TYPE, UnsupportedMediaType, accepted_by
+from app.validation import (
+    FieldError,
+    RequestValidationError,
+    allowed_values,
+    decode_body,
+    not_one_of,
+)
 from app.webhooks.standard import SignatureError
 
 log = logging.getLogger(__name__)
@@ -56,12 +65,18 @@ def error_response(
 
 
 async def validate_request_body(request: AnyRequest) -> None:
-    """Before a handler whose `data` is a msgspec struct: report every wrong field at once.
+    """Before every handler: the Content-Type its endpoint accepts (app.media_types), then,
+    when its `data` is a msgspec struct, every wrong field at once.
 
     Litestar would stop at the first error msgspec finds; decoding again once the body
     is known to be valid costs microseconds and keeps the OpenAPI schema exact.
     """
-    data_field = request.route_handler.parsed_data_field
+    handler = request.route_handler
+    data_field = handler.parsed_data_field
+    accepts = accepted_by(handler.opt, has_body=data_field is not None)
+    if accepts is not None:
+        # Every line: headers.get would check the first and leave the others unread.
+        accepts.check(request.headers.getall(CONTENT_TYPE, []))
     if data_field is None or not data_field.is_subclass_of(msgspec.Struct):
         return
     decode_body(await request.body(), data_field.annotation)
@@ -71,20 +86,34 @@ def _invalid(_: AnyRequest, exc: RequestValidationError) -> Response[ErrorBody]:
     return error_response(HTTP_400_BAD_REQUEST, "Invalid request", exc.errors)
 
 
+def _unsupported_media_type(_: AnyRequest, exc: UnsupportedMediaType) -> Response[ErrorBody]:
+    return error_response(HTTP_415_UNSUPPORTED_MEDIA_TYPE, exc.detail, exc.errors)
+
+
 def _litestar_invalid(request: AnyRequest, exc: ValidationException) -> Response[ErrorBody]:
     """Path, query and header parameters, as Litestar reports them."""
     extra = exc.extra if isinstance(exc.extra, list) else []
     errors = [
-        FieldError(_wire_name(request, str(item.get("key", ""))), str(item.get("message", "")))
+        _parameter_error(request, str(item.get("key", "")), str(item.get("message", "")))
         for item in extra
         if isinstance(item, dict)
     ]
     return error_response(HTTP_400_BAD_REQUEST, "Invalid request", errors or None)
 
 
-def _wire_name(request: AnyRequest, parameter: str) -> str:
-    """The name the client sent (a header's, a query key's), not the Python argument's."""
+def _parameter_error(request: AnyRequest, parameter: str, message: str) -> FieldError:
+    """Named as the client sent it (a header's, a query key's name, not the Python
+    argument's); an enumerated query parameter's error lists the values it allows."""
     field = request.route_handler.parsed_fn_signature.parameters.get(parameter)
+    wire = _wire_name(field, parameter)
+    allowed = allowed_values(field.annotation) if field is not None else None
+    sent = request.query_params.getall(wire, [])
+    if allowed is not None and len(sent) == 1:
+        return FieldError(wire, not_one_of(sent[0], allowed))
+    return FieldError(wire, message)
+
+
+def _wire_name(field: FieldDefinition | None, parameter: str) -> str:
     definition = getattr(field, "kwarg_definition", None)
     for attribute in ("name", "header", "query"):
         if wire := getattr(definition, attribute, None):
@@ -166,6 +195,7 @@ def _unexpected(request: AnyRequest, exc: Exception) -> Response[ErrorBody]:
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     RequestValidationError: _invalid,
+    UnsupportedMediaType: _unsupported_media_type,
     ValidationException: _litestar_invalid,
     MarketNotFound: _not_found,
     IdempotencyConflict: _conflict,

@@ -11,9 +11,9 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from app.admin.controller import AdminController
+from app.api_docs import DOCS_PATH, OfflineSwagger
 from app.db import create_pool
 from app.errors import EXCEPTION_HANDLERS, validate_request_body
 from app.health import HealthController, ReadinessProbe
@@ -95,9 +95,9 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             title="market-backend",
             version="0.1.0",
             description="Market registration with asynchronous approval by Entity Permissions Core",
-            path="/schema",
+            path=DOCS_PATH,
             components=ADMIN_COMPONENTS,
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=[OfflineSwagger()],
         ),
         logging_config=None,  # app.logging owns the handlers
         debug=False,

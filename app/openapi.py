@@ -32,7 +32,7 @@ from litestar.typing import FieldDefinition
 
 from app.approvals.domain import DECISION_OF_EVENT
 from app.errors import ErrorBody
-from app.inbound.events import DecisionPayload, InboundEvent
+from app.inbound.events import DecisionContext, DecisionPayload, InboundEvent
 from app.webhooks.sns import SnsMessage
 
 COMPONENTS_REF = "#/components/schemas/{name}"
@@ -132,10 +132,11 @@ ADMIN_COMPONENTS = Components(
 def webhook_body() -> Schema:
     """The direct event, exact for decisions, or the SNS envelope.
 
-    msgspec describes InboundEvent's payload as any object; read_event further requires
-    a DecisionPayload agreeing with the event type for market.approved and market.rejected.
+    msgspec describes InboundEvent's payload and context as any objects; read_event
+    further requires, for market.approved and market.rejected, a DecisionPayload agreeing
+    with the event type and a DecisionContext (so a context, which is otherwise optional).
     """
-    schemas = _components(InboundEvent, DecisionPayload, SnsMessage)
+    schemas = _components(InboundEvent, DecisionPayload, DecisionContext, SnsMessage)
     event, payload = schemas["InboundEvent"], schemas["DecisionPayload"]
     decisions = [
         {
@@ -147,7 +148,9 @@ def webhook_body() -> Schema:
                         "payload": {
                             "allOf": [payload, {"properties": {"decision": {"const": decision}}}]
                         },
-                    }
+                        "context": schemas["DecisionContext"],
+                    },
+                    "required": ["context"],
                 },
             ]
         }

@@ -19,6 +19,8 @@ WITHOUT_NUL = r"^[^\x00]*$"
 
 _AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 _AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_SHOWN = 64  # characters of a refused value repeated in an answer
+_KINDS = {dict: "an object", list: "an array", int: "a number", float: "a number"}
 
 
 class FieldError(msgspec.Struct, frozen=True):
@@ -73,6 +75,7 @@ def convert_object(document: Any, struct_type: type[T]) -> T:
         )
     errors: list[FieldError] = []
     fields = _fields(struct_type)
+    choices = _choices_of(struct_type)
     known = {f.encode_name for f in fields}
     for field in fields:
         if field.encode_name not in document:
@@ -83,7 +86,11 @@ def convert_object(document: Any, struct_type: type[T]) -> T:
         try:
             msgspec.convert(value, field.type)
         except msgspec.ValidationError as exc:
-            errors.append(_field_error(field.encode_name, exc))
+            allowed = choices.get(field.encode_name)
+            if allowed is None:
+                errors.append(_field_error(field.encode_name, exc))
+            else:
+                errors.append(FieldError(field.encode_name, not_one_of(value, allowed)))
             continue
         if _holds_nul(value):
             errors.append(FieldError(field.encode_name, NUL_REFUSED))
@@ -101,6 +108,47 @@ def convert_object(document: Any, struct_type: type[T]) -> T:
 def _fields(struct_type: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInfo, ...]:
     """msgspec resolves a struct's annotations on every call: once per type is enough."""
     return msgspec.structs.fields(struct_type)
+
+
+@functools.cache
+def _choices_of(struct_type: type[msgspec.Struct]) -> dict[str, tuple[str, ...]]:
+    """The values each enumerated field (an Enum, a Literal; optional or not) allows."""
+    found = {f.encode_name: allowed_values(f.type) for f in _fields(struct_type)}
+    return {name: values for name, values in found.items() if values is not None}
+
+
+def allowed_values(field_type: Any) -> tuple[str, ...] | None:
+    """The values an Enum or a Literal type (optional or not) allows; None for other types."""
+    return _choices(msgspec.inspect.type_info(field_type))
+
+
+def _choices(info: msgspec.inspect.Type) -> tuple[str, ...] | None:
+    while isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    if isinstance(info, msgspec.inspect.EnumType):
+        return tuple(str(member.value) for member in info.cls)
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return tuple(str(value) for value in info.values)
+    if isinstance(info, msgspec.inspect.UnionType):
+        found = [
+            values
+            for member in info.types
+            if not isinstance(member, msgspec.inspect.NoneType)
+            and (values := _choices(member)) is not None
+        ]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def not_one_of(value: Any, allowed: tuple[str, ...]) -> str:
+    """`'house' is not one of real_estate, equity, ...`: what was sent, and what may be."""
+    if isinstance(value, str):
+        shown = repr(value[:_SHOWN] + ("..." if len(value) > _SHOWN else ""))
+    elif value is None or isinstance(value, bool):
+        shown = msgspec.json.encode(value).decode()  # null, true, false
+    else:  # a number is not repeated: str() of 5,000 digits raises
+        shown = _KINDS.get(type(value), "a value")
+    return f"{shown} is not one of {', '.join(allowed)}"
 
 
 def _holds_nul(value: Any) -> bool:

@@ -64,7 +64,8 @@ async def webhook_to_active(env: BenchEnv, rate: int, seconds: int) -> dict[str,
     try:
         relay.wait_for_log("leading")
         consumer.wait_for_log("consuming")
-        sent = await _post_decisions(base_url, markets, rate)
+        rows = await env.db.fetch("SELECT id::text AS id, entity_id::text AS entity FROM markets")
+        sent = await _post_decisions(base_url, {r["id"]: r["entity"] for r in rows}, rate)
         deadline = time.monotonic() + 120
         while await env.db.fetchval("SELECT count(*) FROM markets WHERE status = 'active'") < len(
             markets
@@ -110,7 +111,8 @@ async def webhook_to_active(env: BenchEnv, rate: int, seconds: int) -> dict[str,
     }
 
 
-async def _post_decisions(base_url: str, markets: list[str], rate: int) -> dict[str, float]:
+async def _post_decisions(base_url: str, markets: dict[str, str], rate: int) -> dict[str, float]:
+    """An approval of each market (id to its entity_id), as the webhook requires it."""
     bodies = [
         (
             market_id,
@@ -119,11 +121,15 @@ async def _post_decisions(base_url: str, markets: list[str], rate: int) -> dict[
                     "event_id": f"bench-{market_id}",
                     "event_type": "market.approved",
                     "source": "entity_permissions_core",
-                    "payload": {"market_id": market_id, "decision": "approved"},
+                    "payload": {
+                        "market_id": market_id,
+                        "entity_id": entity_id,
+                        "decision": "approved",
+                    },
                     "context": {"actor_id": "bench-admin"},
                 }
             ).encode(),
         )
-        for market_id in markets
+        for market_id, entity_id in markets.items()
     ]
     return await paced_posts(base_url, WEBHOOK, bodies, rate)

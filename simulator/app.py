@@ -39,8 +39,11 @@ class SimulatorSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Decision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    actor_id: str = "epc-admin"
-    reason: str | None = None
+    """An administrator's decision, held to what the webhook and the poller accept of it
+    (app.inbound.events: context.actor_id 1 to 255 characters, a reason up to 2,000)."""
+
+    actor_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] = "epc-admin"
+    reason: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
 
 
 def _registry(state: State) -> Registry:

@@ -567,7 +567,8 @@ async def test_an_event_that_merely_quotes_the_nesting_marker_is_read_as_sent(
 ) -> None:
     simulator, api, _ = start_polled(flow)
     [market] = [m["id"] for m in await flow.register_markets(api, 1)]
-    event = {**seed_event(market, event_id="quoting"), "context": {"note": TOO_DEEP_MARKER}}
+    event = seed_event(market, event_id="quoting")
+    event["context"]["note"] = TOO_DEEP_MARKER
 
     await put_on_feed(simulator, event)
 

@@ -39,3 +39,24 @@ async def test_a_malformed_id_gets_400(client: httpx.AsyncClient) -> None:
 
     assert response.status_code == 400
     assert response.json()["errors"] == [{"field": "id", "reason": "'not-a-uuid' is not a UUID"}]
+
+
+async def test_the_id_s_errors_name_the_path_parameter_as_the_document_does(
+    client: httpx.AsyncClient,
+) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    operations = [
+        (path, operation["get"])
+        for path, operation in document["paths"].items()
+        if path.startswith("/api/v1/markets/") and "get" in operation
+    ]
+    [(path, operation)] = operations
+    [parameter] = [p for p in operation["parameters"] if p["in"] == "path"]
+    name = parameter["name"]
+
+    malformed = await client.get("/api/v1/markets/not-a-uuid")
+    unknown = await client.get(f"/api/v1/markets/{uuid.uuid4()}")
+
+    assert path == f"/api/v1/markets/{{{name}}}"
+    assert [e["field"] for e in malformed.json()["errors"]] == [name]
+    assert [e["field"] for e in unknown.json()["errors"]] == [name]

@@ -15,12 +15,16 @@ from typing import Any
 
 import asyncpg
 import httpx
+import jsonschema_rs
 import pytest
 import redis.asyncio as redis
 
+from app.inbound.events import read_event_json
 from app.json_limits import MAX_NESTING
+from app.validation import RequestValidationError
 from app.webhooks import standard
 from app.webhooks.guard import SourceGuard
+from outbox import new_event
 from tests.conftest import service_env
 from tests.support.flow import Flow
 from tests.support.json_strategies import nested_json
@@ -167,7 +171,15 @@ def _payload(**changes: Any) -> dict[str, Any]:
         (json.dumps(_payload(decision="maybe")), ["payload.decision"]),
         (json.dumps(_payload(market_id="your-market-uuid")), ["payload.market_id"]),
         (json.dumps(_payload(decision="rejected")), ["payload.decision"]),
+        (json.dumps(_payload(entity_id="your-entity-uuid")), ["payload.entity_id"]),
         (json.dumps(seed_event(occurred_at="yesterday")), ["occurred_at"]),
+        (json.dumps(seed_event(occurred_at="1969-12-31T23:59:59Z")), ["occurred_at"]),
+        (json.dumps(seed_event(occurred_at="2200-01-01T00:00:00Z")), ["occurred_at"]),
+        (json.dumps(seed_event(occurred_at="2026-11-26 09:00:00Z")), ["occurred_at"]),
+        (json.dumps(seed_event(context={"actor_id": ""})), ["context.actor_id"]),
+        (json.dumps(seed_event(context={"actor_id": 7})), ["context.actor_id"]),
+        (json.dumps(seed_event(context={"actor_id": "a" * 256})), ["context.actor_id"]),
+        (json.dumps(seed_event(context=["admin-uuid"])), ["context"]),
         (json.dumps(seed_event(extra=1)), ["extra"]),
         ('{"event_id": ', ["body"]),
         (json.dumps([seed_event()]), ["body"]),
@@ -184,6 +196,139 @@ async def test_bad_input_gets_400_naming_the_fields_and_stores_nothing(
     assert response.status_code == 400, response.text
     assert [e["field"] for e in response.json()["errors"]] == fields
     assert await stored(db) == 0
+
+
+def _decision_without(*fields: str) -> dict[str, Any]:
+    """The seed's decision without some of its fields: `payload.entity_id`, `context`."""
+    event = seed_event()
+    for field in fields:
+        *parents, name = field.split(".")
+        holder = event
+        for parent in parents:
+            holder = holder[parent]
+        del holder[name]
+    return event
+
+
+@pytest.mark.parametrize(
+    ("missing", "named"),
+    [
+        (["payload.market_id"], ["payload.market_id"]),
+        (["payload.entity_id"], ["payload.entity_id"]),
+        (["payload.decision"], ["payload.decision"]),
+        (["context.actor_id"], ["context.actor_id"]),
+        (["context"], ["context.actor_id"]),
+        (["payload.entity_id", "context"], ["payload.entity_id", "context.actor_id"]),
+    ],
+)
+async def test_a_decision_without_a_field_the_seed_sends_gets_400_naming_it(
+    client: httpx.AsyncClient, db: asyncpg.Connection, missing: list[str], named: list[str]
+) -> None:
+    response = await client.post(WEBHOOK, json=_decision_without(*missing))
+
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"] == [{"field": name, "reason": "required"} for name in named]
+    assert await stored(db) == 0
+
+
+async def test_every_wrong_field_of_a_decision_is_reported_at_once(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    three_in_the_payload = _decision_without("payload.entity_id")
+    three_in_the_payload["payload"].update(market_id="your-market-uuid", decision="maybe")
+    everywhere = seed_event(event_id=42, context={}, occurred_at="1863-11-26T09:21:48Z")
+    everywhere["payload"].update(market_id="your-market-uuid", decision="rejected")
+
+    payload = await client.post(WEBHOOK, json=three_in_the_payload)
+    spread = await client.post(WEBHOOK, json=everywhere)
+
+    assert payload.status_code == spread.status_code == 400
+    assert [e["field"] for e in payload.json()["errors"]] == [
+        "payload.market_id",
+        "payload.entity_id",
+        "payload.decision",
+    ]
+    assert [e["field"] for e in spread.json()["errors"]] == [
+        "event_id",
+        "occurred_at",
+        "payload.market_id",
+        "payload.decision",
+        "context.actor_id",
+    ]
+    assert await stored(db) == 0
+
+
+def test_replay_reads_a_decision_by_the_rule_it_was_accepted_under() -> None:
+    # Admin replay re-reads the record of a decision the consumer could not apply: one
+    # accepted before entity_id and actor_id were required must stay replayable.
+    legacy = json.dumps(_decision_without("payload.entity_id", "context")).encode()
+
+    with pytest.raises(RequestValidationError) as refused:
+        read_event_json(legacy)
+    replayed = read_event_json(legacy, accepted=True)
+
+    assert [e.field for e in refused.value.errors] == ["payload.entity_id", "context.actor_id"]
+    assert replayed.aggregate_id == json.loads(legacy)["payload"]["market_id"]
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    ["1970-01-01T00:00:00+01:00", "2199-12-31T23:59:59.123456789-23:59", "2026-11-26t09:00:00z"],
+)
+async def test_an_occurred_at_written_in_the_years_1970_to_2199_is_accepted(
+    client: httpx.AsyncClient, db: asyncpg.Connection, occurred_at: str
+) -> None:
+    # Whatever the offset, such a time is one PostgreSQL and every reader hold.
+    response = await client.post(WEBHOOK, json=seed_event(occurred_at=occurred_at))
+
+    assert response.json()["status"] == "accepted", response.text
+    assert await stored(db) == 1
+
+
+async def test_other_event_types_need_neither_entity_id_nor_context(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    event = _decision_without("payload.entity_id", "context")
+    event["event_type"] = "market.suspended"
+
+    response = await client.post(WEBHOOK, json=event)
+
+    assert response.json()["status"] == "accepted", response.text
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(seed_event(), id="the seed's"),
+        pytest.param(_decision_without("payload.entity_id"), id="no entity_id"),
+        pytest.param(_decision_without("context"), id="no context"),
+        pytest.param(_decision_without("context.actor_id"), id="no actor_id"),
+        pytest.param(seed_event(context={"actor_id": ""}), id="empty actor_id"),
+        pytest.param(
+            seed_event(
+                event_type="market.rejected",
+                payload={**seed_event()["payload"], "decision": "rejected", "reason": "KYC"},
+            ),
+            id="a rejection",
+        ),
+        pytest.param(seed_event(occurred_at="1969-12-31T23:59:59Z"), id="1969"),
+        pytest.param(seed_event(occurred_at="1970-01-01T00:00:00+01:00"), id="1970 east"),
+        pytest.param(seed_event(occurred_at="2026-11-26 09:00:00Z"), id="space"),
+        pytest.param(seed_event(event_type="market.suspended", context={}), id="other type"),
+    ],
+)
+async def test_the_document_and_the_webhook_agree_on_what_a_decision_requires(
+    client: httpx.AsyncClient, db: asyncpg.Connection, event: dict[str, Any]
+) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    operation = document["paths"][WEBHOOK]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    validator = jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
+
+    response = await client.post(WEBHOOK, json=event)
+
+    assert response.status_code in (200, 400), response.text
+    assert validator.is_valid(event) == (response.status_code == 200), response.text
 
 
 @pytest.mark.parametrize("value", [b"Notification", b"\xff\tjunk", b"1" + b"0" * 400])
@@ -772,3 +917,34 @@ async def test_a_nul_character_gets_400_not_a_server_error(
     assert response.status_code == 400
     assert "NUL" in response.json()["errors"][0]["reason"]
     assert await stored(db) == 0
+
+
+async def test_decisions_accepted_before_entity_id_and_actor_id_were_required_are_applied(
+    flow: Flow,
+) -> None:
+    # Written to the outbox as the webhook accepted them under the looser rule: answered
+    # 200 then, so they must still be applied, neither refused nor a crash-looping consumer.
+    _, api = flow.start_api()
+    flow.launch_relay()
+    consumer = flow.launch_consumer()
+    [no_entity, no_context] = [m["id"] for m in await flow.register_markets(api, 2)]
+    legacy = [
+        new_event(
+            event_id=f"legacy-{market_id}",
+            event_type="market.approved",
+            source="entity_permissions_core",
+            aggregate_type="market",
+            aggregate_id=market_id,
+            payload={"market_id": market_id, "decision": "approved"},
+            context=context,
+        )
+        for market_id, context in ((no_entity, {"actor_id": "admin-1"}), (no_context, {}))
+    ]
+    await flow.enqueue_decisions(legacy)
+
+    async def applied() -> bool:
+        rows = await flow.db.fetch("SELECT status, decided_by FROM markets ORDER BY decided_by")
+        return [tuple(row) for row in rows] == [("active", "admin-1"), ("active", None)]
+
+    await wait_until(applied, 60, "both legacy decisions applied")
+    assert consumer.process.poll() is None

@@ -120,4 +120,5 @@ def _read_kept(row: asyncpg.Record, kept: dict[str, Any]) -> EventEnvelope:
         "payload": kept.get("payload"),
         "context": kept.get("context", {}),
     }
-    return read_event_json(_encode(rebuilt))
+    # The record of an event the consumer could not apply: one accepted before.
+    return read_event_json(_encode(rebuilt), accepted=True)

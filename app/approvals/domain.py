@@ -54,7 +54,13 @@ REFUSALS: frozenset[Reason] = frozenset(Reason) - {Reason.UNKNOWN_EVENT_TYPE}
 
 
 class DecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
-    """The seed's payload: {market_id, entity_id, decision, reason?}."""
+    """The seed's payload: {market_id, entity_id, decision, reason?}, as the consumer reads it.
+
+    Looser than intake's rule (app.inbound.events, which requires entity_id and
+    context.actor_id) on purpose: decisions accepted before that rule may still wait in
+    the outbox or on the stream, and were answered 200; they are applied as they were
+    accepted (the entity check when entity_id is given, decided_by null without an actor).
+    """
 
     market_id: uuid.UUID
     decision: Literal["approved", "rejected"]

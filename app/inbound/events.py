@@ -3,16 +3,20 @@ and the readers of everything that claims to be one: a feed event, a stream entr
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
 from app.approvals.domain import DECISION_OF_EVENT
+from app.approvals.domain import DecisionPayload as AcceptedPayload
 from app.json_limits import MAX_NESTING, NestingTooDeep, holds_marker, within
 from app.validation import FieldError, RequestValidationError, convert_object
 from outbox import EventEnvelope, new_event
+
+T = TypeVar("T", bound=msgspec.Struct)
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 # The source Entity Permissions Core's events name (the poller records its own with it).
@@ -20,10 +24,25 @@ EPC_SOURCE: Final = "entity_permissions_core"
 # An event from the feed, as the webhook bounds its body: a decision is a few hundred bytes.
 MAX_EVENT_BYTES: Final = 256 * 1024
 _TEXT_FIELDS: Final = ("event_id", "event_type", "source")  # varchar(255) wherever stored
-# occurred_at within what every store and every reader holds: a time in year 1 with an
-# offset east of UTC is in year 0 in UTC, which PostgreSQL refuses (a 500, a stuck feed).
-EARLIEST_OCCURRED_AT: Final = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST_OCCURRED_AT: Final = datetime(2200, 1, 1, tzinfo=UTC)
+# occurred_at as RFC 3339 writes it, in the years 1970 to 2199 as written: whatever the
+# offset, within what every store and every reader holds (a time in year 1 with an
+# offset east of UTC is in year 0 in UTC, which PostgreSQL refuses: a 500, a stuck feed).
+# A pattern, so that the OpenAPI document states the range as exactly as it is checked.
+_OCCURRED_AT: Final = (
+    r"(19[7-9][0-9]|2[01][0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+)
+_OCCURRED_AT_WRITTEN: Final = re.compile(_OCCURRED_AT)
+OCCURRED_AT_RULE: Final = (
+    "an RFC 3339 date-time (date T time, with Z or a ±hh:mm offset) in the years 1970 to 2199"
+)
+OccurredAt = Annotated[
+    datetime,
+    msgspec.Meta(
+        tz=True, description=OCCURRED_AT_RULE, extra_json_schema={"pattern": f"^{_OCCURRED_AT}$"}
+    ),
+]
 _decode_any = msgspec.json.Decoder().decode
 
 
@@ -39,73 +58,125 @@ class InboundEvent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     source: Text
     payload: dict[str, Any]
     context: dict[str, Any] = msgspec.field(default_factory=dict)
-    occurred_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    occurred_at: OccurredAt | None = None
 
 
 class DecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
-    """What market.approved and market.rejected carry."""
+    """What market.approved and market.rejected carry, as the seed sends it; more keys
+    are the sender's. entity_id is required so that the consumer can check it is the
+    market's (entity_mismatch) for every decision, not only for those that say it."""
 
     market_id: uuid.UUID
+    entity_id: uuid.UUID
     decision: Literal["approved", "rejected"]
-    entity_id: uuid.UUID | None = None
     reason: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
 
 
-def read_event(document: Any, *, default_event_id: str | None = None) -> EventEnvelope:
-    """Validate a decoded event, reporting every wrong field; the envelope to enqueue.
+class DecisionContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What a decision's context must say: who decided (the market's decided_by, the
+    approval history's actor_id); more keys are the sender's."""
 
-    Decisions (market.approved, market.rejected) must carry a well-formed payload;
-    other event types are taken as they are, for the consumer to record `skipped`.
+    actor_id: Text
+
+
+def read_event(
+    document: Any, *, default_event_id: str | None = None, accepted: bool = False
+) -> EventEnvelope:
+    """Validate a decoded event, reporting every wrong field at once; the envelope to enqueue.
+
+    Decisions (market.approved, market.rejected) must carry a DecisionPayload agreeing
+    with the event type and a DecisionContext; other event types are taken as they are,
+    for the consumer to record `skipped`. `accepted`: the event was accepted once (a
+    failed record replayed), so its decision is read as the consumer reads it: without
+    the entity_id and actor_id an event accepted before they were required may lack.
     """
     if isinstance(document, dict) and default_event_id and "event_id" not in document:
         document = {**document, "event_id": default_event_id}
-    event = convert_object(document, InboundEvent)
-    if event.occurred_at is not None and not (
-        EARLIEST_OCCURRED_AT <= event.occurred_at < LATEST_OCCURRED_AT
-    ):
-        raise RequestValidationError.single(
-            "occurred_at",
-            f"out of range: from {EARLIEST_OCCURRED_AT:%Y-%m-%d} to before "
-            f"{LATEST_OCCURRED_AT:%Y-%m-%d}",
-        )
-    aggregate_id = event.event_id
-    expected = DECISION_OF_EVENT.get(event.event_type)
-    if expected is not None:
-        try:
-            decision = convert_object(event.payload, DecisionPayload)
-        except RequestValidationError as invalid:
-            raise RequestValidationError(
-                [FieldError(f"payload.{e.field}", e.reason) for e in invalid.errors]
-            ) from None
-        if decision.decision != expected:
-            raise RequestValidationError(
-                [
-                    FieldError(
-                        "payload.decision", f"{decision.decision!r} contradicts {event.event_type}"
-                    )
-                ]
-            )
-        aggregate_id = str(decision.market_id)
+    event, errors = _converted(document, InboundEvent)
+    market_id = None
+    if isinstance(document, dict):
+        errors += _occurred_at_errors(document.get("occurred_at"))
+        market_id, found = _read_decision(document, accepted=accepted)
+        errors += found
+    if errors:
+        raise RequestValidationError(errors)
+    assert event is not None  # converted without errors
     return new_event(
         event_id=event.event_id,
         event_type=event.event_type,
         source=event.source,
         aggregate_type="market",
-        aggregate_id=aggregate_id,
+        aggregate_id=event.event_id if market_id is None else str(market_id),
         payload=event.payload,
         context=event.context,
         occurred_at=event.occurred_at,
     )
 
 
-def read_event_json(raw: bytes, *, capped: bool = False) -> EventEnvelope:
+def _converted(document: Any, struct_type: type[T]) -> tuple[T | None, list[FieldError]]:
+    try:
+        return convert_object(document, struct_type), []
+    except RequestValidationError as invalid:
+        return None, list(invalid.errors)
+
+
+def _occurred_at_errors(value: Any) -> list[FieldError]:
+    """A time that reads as one but is not written as the rule says (out of range)."""
+    if not isinstance(value, str) or _OCCURRED_AT_WRITTEN.fullmatch(value):
+        return []
+    try:
+        msgspec.convert(value, OccurredAt)
+    except msgspec.ValidationError:
+        return []  # not a time at all: InboundEvent's own check says so
+    return [FieldError("occurred_at", f"{value[:64]!r} is not {OCCURRED_AT_RULE}")]
+
+
+def _read_decision(
+    document: dict[str, Any], *, accepted: bool
+) -> tuple[uuid.UUID | None, list[FieldError]]:
+    """A decision's market and every wrong field of its payload and context; nothing for
+    other event types.
+
+    Read beside the event's own fields, so that one answer lists the wrong ones of all
+    three; a payload or context that is not an object is named by the event's check.
+    """
+    event_type = document.get("event_type")
+    expected = DECISION_OF_EVENT.get(event_type) if isinstance(event_type, str) else None
+    if expected is None:
+        return None, []
+    market_id: uuid.UUID | None = None
+    errors: list[FieldError] = []
+    payload = document.get("payload")
+    if isinstance(payload, dict):
+        read: AcceptedPayload | DecisionPayload | None
+        if accepted:
+            read, found = _converted(payload, AcceptedPayload)
+        else:
+            read, found = _converted(payload, DecisionPayload)
+        market_id = None if read is None else read.market_id
+        errors += _within("payload", found)
+        given = payload.get("decision")
+        if given in DECISION_OF_EVENT.values() and given != expected:
+            errors.append(FieldError("payload.decision", f"{given!r} contradicts {event_type}"))
+    context = document.get("context", {})
+    if isinstance(context, dict) and not accepted:
+        errors += _within("context", _converted(context, DecisionContext)[1])
+    return (market_id if not errors else None), errors
+
+
+def _within(name: str, errors: list[FieldError]) -> list[FieldError]:
+    return [FieldError(f"{name}.{e.field}", e.reason) for e in errors]
+
+
+def read_event_json(raw: bytes, *, capped: bool = False, accepted: bool = False) -> EventEnvelope:
     """An event from the polling feed, as raw JSON; RequestValidationError naming why not.
 
     The webhook's rules (read_event), after what only a feed can serve: an event over
     MAX_EVENT_BYTES, JSON that does not decode, or a value the page's nesting cap dropped
     (the cap leaves each event at most MAX_NESTING deep, so nothing recursive below
     overflows; `capped`: the page was capped, so the cap's marker means a dropped value).
-    Admin replay reads a stored event document with this same function.
+    Admin replay reads a stored event document with this same function (`accepted`, see
+    read_event, for the record of an event the consumer could not apply).
     """
     if len(raw) > MAX_EVENT_BYTES:
         raise RequestValidationError.single("event", f"larger than {MAX_EVENT_BYTES} bytes")
@@ -119,7 +190,7 @@ def read_event_json(raw: bytes, *, capped: bool = False) -> EventEnvelope:
         raise RequestValidationError.single(
             "event", f"{NestingTooDeep(MAX_NESTING)}: the deeper values were dropped"
         )
-    return read_event(document)
+    return read_event(document, accepted=accepted)
 
 
 def read_stream_entry(fields: dict[str, str]) -> EventEnvelope:

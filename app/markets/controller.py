@@ -21,6 +21,7 @@ from app.markets.schemas import (
     RegisterMarketRequest,
     RegistrationView,
 )
+from app.media_types import JSON_ONLY
 from app.openapi import error_responses
 from app.unit_of_work import UnitOfWork
 from app.validation import FieldError, RequestValidationError
@@ -38,7 +39,9 @@ IdempotencyKeyHeader = Annotated[
     ),
 ]
 
-# A string, so that a malformed id is reported in the API's own words (see parse_uuid).
+# `id`, the path parameter's one name: in the route and so the OpenAPI document, and in
+# the field its errors name (400 malformed here, 404 unknown in app.errors). A string, so
+# that a malformed id is reported in the API's own words (see parse_uuid).
 MarketIdPath = Annotated[str, PathParameter(format="uuid", description="The market's id")]
 
 
@@ -57,12 +60,15 @@ class MarketController(Controller):
             400,
             409,
             413,
+            415,
             503,
             descriptions={
                 400: "Malformed or invalid request; every wrong field is listed. A body nested "
-                f"deeper than {MAX_NESTING} levels of objects and arrays is refused."
+                f"deeper than {MAX_NESTING} levels of objects and arrays is refused.",
+                415: JSON_ONLY.description,
             },
         ),
+        opt=JSON_ONLY.opt,
     )
     async def register(
         self,
@@ -84,14 +90,14 @@ class MarketController(Controller):
         return Response(RegistrationView.of(outcome.registration), status_code=201, headers=headers)
 
     @get(
-        "/{market_id:str}",
+        "/{id:str}",
         summary="A market with its asset and approval state",
         responses=error_responses(400, 404, 503),
     )
     async def get_market(
-        self, market_id: MarketIdPath, uow: NamedDependency[UnitOfWork]
+        self, id: MarketIdPath, uow: NamedDependency[UnitOfWork]
     ) -> MarketDetailView:
-        detail = await service.get_market(uow, parse_uuid("id", market_id))
+        detail = await service.get_market(uow, parse_uuid("id", id))
         return MarketDetailView(
             market=MarketView.of(detail.registration.market),
             asset=AssetView.of(detail.registration.asset),

@@ -8,14 +8,16 @@ from typing import Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
+from litestar.handlers import BaseRouteHandler
 
 from app.inbound import intake
 from app.inbound.events import read_event
 from app.inbound.intake import Receipt
 from app.json_limits import MAX_NESTING
+from app.media_types import Accepts
 from app.openapi import WebhookOperation, error_responses
 from app.unit_of_work import UnitOfWork
 from app.validation import convert_object, decode_json
@@ -36,7 +38,7 @@ MAX_WEBHOOK_BODY = 256 * 1024
 # Set by SNS on its deliveries. It decides nothing about how a body is read (only the
 # body is signed), only how a refusal is worded: SNS drops a delivery answered 4xx.
 SNS_TYPE_HEADER = "x-amz-sns-message-type"
-ACCEPTED_MEDIA_TYPES = ("application/json", "text/plain")  # SNS posts text/plain
+ACCEPTS = Accepts(("application/json", "text/plain"))  # SNS posts text/plain
 
 
 class SnsReceipt(msgspec.Struct, frozen=True):
@@ -83,7 +85,7 @@ class WebhookReceiver:
         self.limiter = limiter
         self._warned_unsigned = False
 
-    async def admit(self, request: Request[Any, Any, Any]) -> None:
+    async def admit(self, request: ASGIConnection[Any, Any, Any, Any]) -> None:
         peer = request.client.host if request.client else None
         # Every line: headers.get would return the first, which the client may have written.
         forwarded_for = request.headers.getall("x-forwarded-for", [])
@@ -140,12 +142,19 @@ _RESPONSES = error_responses(
         409: "Another event already received under this event_id (its event_type, source "
         "or payload differ); the differing fields are listed, the first copy stands",
         413: "Body over 256 KiB",
-        415: "Content-Type neither application/json nor text/plain",
+        415: ACCEPTS.description,
         429: "Rate limited (an SNS delivery gets 503 instead, which SNS retries)",
         503: "PostgreSQL is down, or an SNS delivery cannot be verified or confirmed now "
         "(its certificate or SubscribeURL unreachable, or it was rate limited): retry",
     },
 )
+
+
+async def admitted(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Who is calling and how often, before anything of the request is read (a guard runs
+    before the Content-Type check and the body)."""
+    receiver: WebhookReceiver = connection.app.state.webhook_receiver
+    await receiver.admit(connection)
 
 
 def is_sns_envelope(document: Any) -> bool:
@@ -172,6 +181,8 @@ class WebhookController(Controller):
         f"nest at most {MAX_NESTING} levels of objects and arrays; deeper gets 400.",
         responses=_RESPONSES,
         operation_class=WebhookOperation,
+        guards=[admitted],
+        opt=ACCEPTS.opt,
     )
     async def entity_permissions(
         self,
@@ -179,13 +190,6 @@ class WebhookController(Controller):
         uow: NamedDependency[UnitOfWork],
         receiver: NamedDependency[WebhookReceiver],
     ) -> Receipt | SnsReceipt:
-        await receiver.admit(request)
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type not in ACCEPTED_MEDIA_TYPES:
-            raise HTTPException(
-                status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                detail="Content-Type must be application/json or text/plain",
-            )
         body = await request.body()
         document = decode_json(body)
         if is_sns_envelope(document):

@@ -96,17 +96,23 @@ _objects = st.dictionaries(storable_text, json_values, max_size=4)
 
 def _decision_event(decision: str) -> st.SearchStrategy[dict[str, Any]]:
     payload = st.fixed_dictionaries(
-        {"market_id": st.uuids().map(str), "decision": st.just(decision)},
-        optional={"entity_id": st.uuids().map(str), "reason": _bounded(2000) | st.none()},
+        {
+            "market_id": st.uuids().map(str),
+            "entity_id": st.uuids().map(str),
+            "decision": st.just(decision),
+        },
+        optional={"reason": _bounded(2000) | st.none()},
     )
+    # Who decided, required; the sender may say more.
+    context = st.builds(lambda more, actor: {**more, "actor_id": actor}, _objects, _bounded(255))
     return st.fixed_dictionaries(
         {
             "event_id": _bounded(255),
             "event_type": st.just(f"market.{decision}"),
             "source": _bounded(255),
             "payload": payload,
-        },
-        optional={"context": _objects},
+            "context": context,
+        }
     )
 
 
