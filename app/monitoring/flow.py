@@ -117,8 +117,11 @@ class FlowMonitor:
         self._log = DependencyLog(log, "metrics snapshot", addresses)
         self._snapshots = SharedRefresh(self.refresh, Snapshot(), refresh_interval_s)
 
-    async def snapshot(self) -> Snapshot:
-        return await self._snapshots.latest()
+    async def snapshot(self, *, wait: bool = True) -> Snapshot:
+        """The latest snapshot; `wait=False` does not wait for a refresh that is due,
+        unless no snapshot has been read yet."""
+        never_read = not self._snapshots.value.read_at
+        return await self._snapshots.latest(wait=wait or never_read)
 
     async def refresh(self) -> Snapshot:
         """Read every store at once; one that fails keeps its last figures."""
