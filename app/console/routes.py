@@ -56,9 +56,7 @@ def _still_unreadable(request: AnyRequest, exc: StillUnreadable) -> Response[Any
 
 
 def _unavailable(request: AnyRequest, exc: Exception) -> Response[Any]:
-    log.warning(
-        "store unavailable during %s %s: %r", request.method, request.url.path, exc
-    )
+    log.warning("store unavailable during %s %s: %r", request.method, request.url.path, exc)
     return _error(request, 503, "Unavailable", "PostgreSQL or Redis is unavailable: retry soon.")
 
 
@@ -67,9 +65,7 @@ def _refused_value(request: AnyRequest, exc: asyncpg.DataError) -> Response[Any]
 
 
 def _unexpected(request: AnyRequest, exc: Exception) -> Response[Any]:
-    log.error(
-        "unhandled error during %s %s", request.method, request.url.path, exc_info=exc
-    )
+    log.error("unhandled error during %s %s", request.method, request.url.path, exc_info=exc)
     return _error(request, 500, "Internal error", "Something went wrong; the log says what.")
 
 
