@@ -549,8 +549,16 @@ class ConsolePages(Controller):
 
 
 def _is_entry_id(value: str) -> bool:
+    """`<milliseconds>-<sequence>`, each within the 64 bits Redis gives them."""
     milliseconds, sep, sequence = value.partition("-")
-    return bool(sep) and milliseconds.isdigit() and sequence.isdigit() and len(value) <= 41
+    return (
+        bool(sep)
+        and all(
+            part.isascii() and part.isdigit() and len(part) <= 20
+            for part in (milliseconds, sequence)
+        )
+        and max(int(milliseconds), int(sequence)) < 2**64
+    )
 
 
 def _query(**values: str) -> str:

@@ -25,6 +25,10 @@ ENTRY_SEARCH_BEFORE: Final = timedelta(seconds=5)
 ENTRY_SEARCH_AFTER: Final = timedelta(seconds=60)
 ENTRY_SEARCH_MAX: Final = 2000  # entries read at most per row looked up
 ENTRY_SEARCH_PAGE: Final = 200
+# A market has a handful of rows (registered, approval requested, the decision, its
+# announcements); a sender repeating decisions for it must not make its page slow.
+MARKET_ROWS_SHOWN: Final = 50
+ENTRIES_LOOKED_UP: Final = 12
 
 
 class OutboxRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,8 +82,9 @@ _OUTBOX_COLUMNS = (
 
 async def outbox_rows_of(connection: Connection, market_id: uuid.UUID) -> list[OutboxRow]:
     rows = await connection.fetch(
-        f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE aggregate_id = $1 ORDER BY id",  # noqa: S608
+        f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE aggregate_id = $1 ORDER BY id LIMIT $2",  # noqa: S608
         str(market_id),
+        MARKET_ROWS_SHOWN,
     )
     return [OutboxRow(**dict(row)) for row in rows]
 
@@ -170,8 +175,12 @@ async def find_entries(client: redis.Redis, rows: list[OutboxRow]) -> list[Outbo
     """Each published row with the id of its entry on its stream, looked for near the
     time it was published (entry ids are Redis's clock, in milliseconds)."""
     found = []
-    for row in rows:
-        entry = await _entry_of(client, row) if row.published_at else None
+    for number, row in enumerate(rows):
+        entry = (
+            await _entry_of(client, row)
+            if row.published_at and number < ENTRIES_LOOKED_UP
+            else None
+        )
         found.append(msgspec.structs.replace(row, entry_id=entry))
     return found
 
