@@ -14,6 +14,9 @@ from litestar.openapi import OpenAPIConfig
 
 from app.admin.controller import AdminController
 from app.api_docs import DOCS_PATH, OfflineSwagger
+from app.console.auth import SIGN_IN_PER_MINUTE, ConsoleAccess
+from app.console.pages import ConsoleFigures
+from app.console.routes import CONSOLE_TEMPLATES, console_router
 from app.db import create_pool
 from app.errors import EXCEPTION_HANDLERS, validate_request_body
 from app.health import HealthController, ReadinessProbe
@@ -26,6 +29,7 @@ from app.process import secrets_used_by
 from app.redis_client import connect_redis
 from app.settings import Settings, get_settings
 from app.unit_of_work import UnitOfWork
+from app.web.pages import template_config
 from app.webhooks.controller import WebhookController, WebhookReceiver
 from app.webhooks.guard import RateLimiter, SourceGuard
 from app.webhooks.sns import SnsVerifier
@@ -63,6 +67,17 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             guard=SourceGuard(settings.webhook_allowed_cidrs, settings.trusted_proxies),
             limiter=RateLimiter(app.state.redis, settings.webhook_rate_limit_per_minute),
         )
+        app.state.console_access = ConsoleAccess(
+            settings.admin_token,
+            secure_cookies=settings.is_production,
+            guard=SourceGuard((), settings.trusted_proxies),
+            limiter=RateLimiter(
+                app.state.redis, SIGN_IN_PER_MINUTE, prefix="ratelimit:console-sign-in"
+            ),
+        )
+        app.state.console_figures = ConsoleFigures(
+            {stream: settings.maxlen_of(stream) for stream in TRIMMED_STREAMS}
+        )
         try:
             yield
         finally:
@@ -76,7 +91,9 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             WebhookController,
             MetricsController,
             AdminController,
+            console_router(),
         ],
+        template_config=template_config(CONSOLE_TEMPLATES),
         middleware=[HTTP_METRICS.middleware],
         plugins=[ExactStructSchemaPlugin()],
         lifespan=[connections],

@@ -71,13 +71,14 @@ class PollerCursor(Table, tablename="poller_cursors"):
 
 
 class EventReplay(Table, tablename="event_replays"):
-    """Audit of the admin API's replays of inbound events."""
+    """Audit of the replays of inbound events (admin API and operator console)."""
 
     id = BigSerial(primary_key=True)
     event_id = Varchar(length=255, index=True)
     previous_status = Varchar(length=16)
     previous_error = Text(null=True, default=None)
     forced = Boolean(default=False)
+    replayed_by = Varchar(length=255, null=True, default=None)  # the console's operator
     replayed_at = Timestamptz(default=TimestamptzNow())
 
 

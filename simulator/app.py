@@ -14,11 +14,13 @@ import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
+from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from app.redis_client import connect_redis
-from simulator.state import AlreadyDecided, Faults, Registry, UnknownRequest
+from simulator.decisions import decide
+from simulator.screen import SCREEN_HANDLERS, screen_templates
+from simulator.state import Faults, Registry
 from simulator.workers import WebhookPusher, read_approval_requests
 
 
@@ -91,21 +93,6 @@ def create_app(settings: SimulatorSettings | None = None) -> Litestar:
             if status is None or request.status == status
         ]
 
-    async def decide(
-        state: State, registry: Registry, market_id: str, approved: bool, data: Decision
-    ) -> dict[str, Any]:
-        try:
-            event = registry.decide(
-                market_id, approved=approved, actor_id=data.actor_id, reason=data.reason
-            )
-        except UnknownRequest:
-            raise NotFoundException(f"no approval request for market {market_id}") from None
-        except AlreadyDecided:
-            raise HTTPException(status_code=409, detail=f"market {market_id} is decided") from None
-        if state.pusher is not None:
-            state.pusher.push(event)
-        return event
-
     @post("/api/v1/requests/{market_id:str}/approve", status_code=200)
     async def approve(
         state: State,
@@ -113,7 +100,10 @@ def create_app(settings: SimulatorSettings | None = None) -> Litestar:
         market_id: FromPath[str],
         data: JSONBody[Decision | None] = None,
     ) -> dict[str, Any]:
-        return await decide(state, registry, market_id, True, data or Decision())
+        data = data or Decision()
+        return decide(
+            state, registry, market_id, approved=True, actor_id=data.actor_id, reason=data.reason
+        )
 
     @post("/api/v1/requests/{market_id:str}/reject", status_code=200)
     async def reject(
@@ -122,7 +112,10 @@ def create_app(settings: SimulatorSettings | None = None) -> Litestar:
         market_id: FromPath[str],
         data: JSONBody[Decision | None] = None,
     ) -> dict[str, Any]:
-        return await decide(state, registry, market_id, False, data or Decision(reason="rejected"))
+        data = data or Decision(reason="rejected")
+        return decide(
+            state, registry, market_id, approved=False, actor_id=data.actor_id, reason=data.reason
+        )
 
     @get("/api/v1/events")
     async def events(
@@ -182,7 +175,9 @@ def create_app(settings: SimulatorSettings | None = None) -> Litestar:
             inject,
             get_faults,
             set_faults,
+            *SCREEN_HANDLERS,
         ],
+        template_config=screen_templates(),
         lifespan=[workers],
         dependencies={"registry": Provide(_registry, sync_to_thread=False)},
         logging_config=None,

@@ -147,7 +147,7 @@ class AdminController(Controller):
         force: Annotated[bool, QueryParameter()] = False,
     ) -> ReplayReceipt:
         try:
-            replayed_as = await replay(uow, event_id, force=force)
+            replayed_as = await replay(uow, event_id, force=force, actor="admin API")
         except UnknownEvent:
             raise NotFoundException(f"no processed event {event_id}") from None
         except NotReplayable as refused:

@@ -47,9 +47,12 @@ class StillUnreadable(Exception):
         self.errors = errors
 
 
-async def replay(uow: UnitOfWork, event_id: str, *, force: bool = False) -> str:
-    """Re-enqueue a recorded event through the outbox, with an audit record, in one
-    transaction; returns the event_id the consumer will apply it under."""
+async def replay(
+    uow: UnitOfWork, event_id: str, *, force: bool = False, actor: str | None = None
+) -> str:
+    """Re-enqueue a recorded event through the outbox, with an audit record naming
+    `actor` (who asked), in one transaction; returns the event_id the consumer will
+    apply it under. The admin API and the operator console both replay through here."""
     async with uow:
         row = await uow.connection.fetchrow(
             """
@@ -65,13 +68,15 @@ async def replay(uow: UnitOfWork, event_id: str, *, force: bool = False) -> str:
         event = reread(row)
         await uow.connection.execute(
             """
-            INSERT INTO event_replays (event_id, previous_status, previous_error, forced)
-            VALUES ($1, $2, $3, $4)
+            INSERT INTO event_replays (event_id, previous_status, previous_error, forced,
+                                       replayed_by)
+            VALUES ($1, $2, $3, $4, $5)
             """,
             event_id,
             row["processing_status"],
             row["processing_error"],
             force,
+            actor[:255] if actor else None,
         )
         # The record gives way to the replayed event's own; so does the retained outbox
         # row of an event replayed under its own id.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -50,6 +50,39 @@ class ProcessedEventRow(msgspec.Struct, frozen=True, kw_only=True):
     reason: Reason | None = None
     attempts: int = 1
     received_at: datetime | None = None  # default: now
+
+
+class EventCursor(NamedTuple):
+    """Where a page newest first ends: its last row's received_at and id."""
+
+    received_at: datetime
+    id: int
+
+
+class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which processed events a list shows; unset fields select any."""
+
+    status: Status | None = None
+    event_type: str | None = None
+    source: str | None = None
+    since: datetime | None = None  # received at or after
+    until: datetime | None = None  # received before
+
+    def where(self, args: list[Any]) -> str:
+        """The SQL condition, its values appended to `args` as parameters. Only the
+        filters given are written: `$1 IS NULL OR ...` would cost the planner the index."""
+        clauses = []
+        for column, operator, value in (
+            ("processing_status", "=", self.status.value if self.status else None),
+            ("event_type", "=", self.event_type),
+            ("source", "=", self.source),
+            ("received_at", ">=", self.since),
+            ("received_at", "<", self.until),
+        ):
+            if value is not None:
+                args.append(value)
+                clauses.append(f"{column} {operator} ${len(args)}")
+        return " AND ".join(clauses) or "TRUE"
 
 
 class ProcessedEventRepository:
@@ -124,26 +157,69 @@ class ProcessedEventRepository:
         offset: int = 0,
     ) -> list[ProcessedEvent]:
         """Newest first, filtered by any of status, type, source and a received_at window."""
+        chosen = EventFilter(
+            status=status, event_type=event_type, source=source, since=since, until=until
+        )
+        args: list[Any] = []
+        where = chosen.where(args)
         rows = await self._db.fetch(
             f"""
-            SELECT {_COLUMNS} FROM processed_events
-            WHERE ($1::text IS NULL OR processing_status = $1)
-              AND ($2::text IS NULL OR event_type = $2)
-              AND ($3::text IS NULL OR source = $3)
-              AND ($4::timestamptz IS NULL OR received_at >= $4)
-              AND ($5::timestamptz IS NULL OR received_at < $5)
+            SELECT {_COLUMNS} FROM processed_events WHERE {where}
             ORDER BY received_at DESC, id DESC
-            LIMIT $6 OFFSET $7
-            """,  # noqa: S608 - the only interpolation is a constant column list
-            status.value if status else None,
-            event_type,
-            source,
-            since,
-            until,
+            LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}
+            """,  # noqa: S608 - only constant SQL is interpolated; values are parameters
+            *args,
             limit,
             offset,
         )
         return [ProcessedEvent(**dict(row)) for row in rows]
+
+    async def page_processed_events(
+        self, chosen: EventFilter, *, before: EventCursor | None = None, limit: int = 50
+    ) -> tuple[list[ProcessedEvent], EventCursor | None]:
+        """A page newest first, after `before` (keyset: an index range, however deep the
+        page); the cursor of the next page, None on the last."""
+        args: list[Any] = []
+        where = chosen.where(args)
+        if before is not None:
+            args.extend(before)
+            where += f" AND (received_at, id) < (${len(args) - 1}, ${len(args)})"
+        rows = await self._db.fetch(
+            f"""
+            SELECT id, {_COLUMNS} FROM processed_events WHERE {where}
+            ORDER BY received_at DESC, id DESC LIMIT ${len(args) + 1}
+            """,  # noqa: S608 - only constant SQL is interpolated; values are parameters
+            *args,
+            limit + 1,
+        )
+        items = [ProcessedEvent(**{k: v for k, v in row.items() if k != "id"}) for row in rows]
+        if len(rows) <= limit:
+            return items, None
+        last = rows[limit - 1]
+        return items[:limit], EventCursor(last["received_at"], last["id"])
+
+    async def count_processed_events(self, chosen: EventFilter) -> int:
+        args: list[Any] = []
+        where = chosen.where(args)
+        count = await self._db.fetchval(
+            f"SELECT count(*) FROM processed_events WHERE {where}",  # noqa: S608
+            *args,
+        )
+        return int(count)
+
+    async def event_ids(self, chosen: EventFilter, limit: int) -> list[str]:
+        """The ids of the oldest `limit` events `chosen` selects."""
+        args: list[Any] = []
+        where = chosen.where(args)
+        rows = await self._db.fetch(
+            f"""
+            SELECT event_id FROM processed_events WHERE {where}
+            ORDER BY received_at, id LIMIT ${len(args) + 1}
+            """,  # noqa: S608 - only constant SQL is interpolated; values are parameters
+            *args,
+            limit,
+        )
+        return [row["event_id"] for row in rows]
 
     async def get_failed_events_count(self, window: timedelta = timedelta(hours=24)) -> int:
         count = await self._db.fetchval(

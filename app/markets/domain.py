@@ -12,6 +12,7 @@ import msgspec
 from outbox import EventEnvelope, new_event
 
 SOURCE = "market_backend"
+SYMBOL_PATTERN = r"^[A-Z0-9]{2,11}$"  # a token symbol: 2-11 upper-case letters or digits
 AGGREGATE_TYPE = "market"
 
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 import asyncpg
 import msgspec
 
-from app.markets.domain import Asset, AssetType, Market, MarketStatus, Registration
+from app.markets.domain import (
+    SYMBOL_PATTERN,
+    Asset,
+    AssetType,
+    Market,
+    MarketStatus,
+    Registration,
+)
 from outbox.writer import Connection
 
 
@@ -30,6 +39,32 @@ SELECT m.id, m.name, m.issuer_id, m.entity_id, m.status, m.rejection_reason, m.d
        a.asset_details
 FROM markets m JOIN assets a ON a.market_id = m.id
 """
+
+
+TOKEN_SYMBOL = re.compile(SYMBOL_PATTERN)
+
+
+class MarketCursor(NamedTuple):
+    """Where a page of markets, newest first, ends: its last market's created_at and id."""
+
+    created_at: datetime
+    id: uuid.UUID
+
+
+def search_clauses(search: str) -> list[tuple[str, object]]:
+    """The ways a search matches a market, each one SQL condition on one index: an id is
+    a market's or its issuer's; text is the start of a name (any case) or a token symbol."""
+    try:
+        as_id = uuid.UUID(search)
+    except ValueError:
+        pass
+    else:
+        return [("m.id = $?", as_id), ("m.issuer_id = $?", as_id)]
+    pattern = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    clauses: list[tuple[str, object]] = [("lower(m.name) LIKE $?", pattern + "%")]
+    if TOKEN_SYMBOL.fullmatch(search.upper()):
+        clauses.append(("a.token_symbol = $?", search.upper()))
+    return clauses
 
 
 class MarketRepository:
@@ -61,6 +96,59 @@ class MarketRepository:
             asset.token_name,
             Decimal(asset.total_supply),
             asset.asset_details,
+        )
+
+    async def page(
+        self,
+        *,
+        status: MarketStatus | None = None,
+        search: str | None = None,
+        before: MarketCursor | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Registration], MarketCursor | None]:
+        """Markets newest first, after `before` (keyset), of a status and matching a search.
+
+        Each way a search can match is its own query, merged here: one condition per
+        query lets the planner pick its index (a rare name by the name index, a common one
+        by creation order), where an OR across tables would read every market.
+        """
+        ways = search_clauses(search) if search else [("TRUE", None)]
+        found: dict[uuid.UUID, asyncpg.Record] = {}
+        for clause, value in ways:
+            for row in await self._page_where(clause, value, status, before, limit + 1):
+                found.setdefault(row["id"], row)
+        rows = sorted(found.values(), key=lambda r: (r["created_at"], r["id"]), reverse=True)
+        items = [self._registration(row) for row in rows[:limit]]
+        if len(rows) <= limit:
+            return items, None
+        last = items[-1].market
+        return items, MarketCursor(last.created_at, last.id)
+
+    async def _page_where(
+        self,
+        clause: str,
+        value: object,
+        status: MarketStatus | None,
+        before: MarketCursor | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        args: list[object] = []
+        conditions = []
+        if value is not None:
+            args.append(value)
+            conditions.append(clause.replace("$?", f"${len(args)}"))
+        if status is not None:
+            args.append(status.value)
+            conditions.append(f"m.status = ${len(args)}")
+        if before is not None:
+            args.extend(before)
+            conditions.append(f"(m.created_at, m.id) < (${len(args) - 1}, ${len(args)})")
+        where = " AND ".join(conditions) or "TRUE"
+        args.append(limit)
+        return await self._connection.fetch(
+            f"{_SELECT_REGISTRATIONS} WHERE {where}"
+            f" ORDER BY m.created_at DESC, m.id DESC LIMIT ${len(args)}",
+            *args,
         )
 
     async def get(self, market_id: uuid.UUID) -> Registration | None:

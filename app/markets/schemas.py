@@ -8,7 +8,15 @@ from typing import Annotated, Any
 
 import msgspec
 
-from app.markets.domain import Asset, AssetType, Market, MarketStatus, RegisterMarket, Registration
+from app.markets.domain import (
+    SYMBOL_PATTERN,
+    Asset,
+    AssetType,
+    Market,
+    MarketStatus,
+    RegisterMarket,
+    Registration,
+)
 from app.validation import FieldError, RequestValidationError
 
 # Token contracts hold their supply in an unsigned 256-bit integer.
@@ -34,7 +42,7 @@ class RegisterMarketRequest(WireStruct, frozen=True, forbid_unknown_fields=True)
     asset_type: AssetType
     token_symbol: Annotated[
         str,
-        msgspec.Meta(pattern=r"^[A-Z0-9]{2,11}$", description="2-11 upper-case letters or digits"),
+        msgspec.Meta(pattern=SYMBOL_PATTERN, description="2-11 upper-case letters or digits"),
     ]
     token_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     total_supply: PositiveInteger | DecimalDigits

@@ -61,6 +61,8 @@ class GroupState(msgspec.Struct, frozen=True):
     lag: int
     pending: int
     consumers_idle_s: dict[str, float]
+    # Since the oldest entry still pending was delivered (None: nothing pending).
+    oldest_pending_idle_s: float | None = None
 
 
 class Leaders(msgspec.Struct, frozen=True):
@@ -117,8 +119,11 @@ class FlowMonitor:
         self._log = DependencyLog(log, "metrics snapshot", addresses)
         self._snapshots = SharedRefresh(self.refresh, Snapshot(), refresh_interval_s)
 
-    async def snapshot(self) -> Snapshot:
-        return await self._snapshots.latest()
+    async def snapshot(self, *, wait: bool = True) -> Snapshot:
+        """The latest snapshot; `wait=False` does not wait for a refresh that is due,
+        unless no snapshot has been read yet."""
+        never_read = not self._snapshots.value.read_at
+        return await self._snapshots.latest(wait=wait or never_read)
 
     async def refresh(self) -> Snapshot:
         """Read every store at once; one that fails keeps its last figures."""
@@ -250,13 +255,22 @@ async def read_redis(client: redis.Redis) -> RedisFigures:
         for group in await client.xinfo_groups(stream):
             name = _text(group["name"])
             consumers = await client.xinfo_consumers(stream, name)
+            pending = int(group["pending"])
+            oldest = (
+                await client.xpending_range(stream, name, min="-", max="+", count=1)
+                if pending
+                else []
+            )
             figures.groups.append(
                 GroupState(
                     stream=stream,
                     group=name,
                     lag=int(group.get("lag") or 0),
-                    pending=int(group["pending"]),
+                    pending=pending,
                     consumers_idle_s={_text(c["name"]): int(c["idle"]) / 1000 for c in consumers},
+                    oldest_pending_idle_s=int(oldest[0]["time_since_delivered"]) / 1000
+                    if oldest
+                    else None,
                 )
             )
         for reader, count in (await client.hgetall(lost_entries_key(stream))).items():

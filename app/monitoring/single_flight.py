@@ -35,10 +35,13 @@ class SharedRefresh(Generic[T]):
         self._running: asyncio.Task[T] | None = None
         self.value = initial
 
-    async def latest(self) -> T:
+    async def latest(self, *, wait: bool = True) -> T:
+        """The value, fetched again first when due. `wait=False`: the value as it is now,
+        with the fetch that is due left to run for the callers after (a page that must
+        answer fast shows figures one interval older rather than wait for them)."""
         if self._running is None and self._clock() >= self._next_at:
             self._running = asyncio.create_task(self._run())
-        if self._running is not None:
+        if self._running is not None and wait:
             # Shielded: a caller that goes away (client disconnected) cancels only its wait.
             await asyncio.shield(self._running)
         return self.value
