@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from app.backoff import sleep_unless
+from app.console.auth import PREFIX as CONSOLE_PREFIX
 from app.settings import Settings, load_settings
 
 PROCESSES: dict[str, list[str]] = {
@@ -49,8 +50,8 @@ READY_LINES: dict[str, tuple[str, ...]] = {
     "relay": ("leading: publishing", "waiting as standby"),
     "consumer": ("consuming entity-permissions:events",),
 }
-# The operator console's path on the API, for the ready block, once the API serves one.
-CONSOLE_PATH: str | None = None
+# The operator console's path on the API, for the ready block.
+CONSOLE_PATH = f"{CONSOLE_PREFIX}/"
 NOT_READY_AFTER_S = 60
 RULE = 72  # the ready block's width
 
@@ -111,9 +112,7 @@ def ready_block(settings: Settings, env: dict[str, str]) -> str:
     """What `make run` prints once everything is up: where things are, what to do next."""
     api = api_url(settings)
     development = settings.app_env == "development"
-    rows = [("API", api), ("API docs", f"{api}/schema")]
-    if CONSOLE_PATH is not None:
-        rows.append(("console", f"{api}{CONSOLE_PATH}"))
+    rows = [("API", api), ("API docs", f"{api}/schema"), ("console", f"{api}{CONSOLE_PATH}")]
     if development:
         rows.append(("simulator", f"{simulator_url()}   (Entity Permissions Core, in memory)"))
         made = "made for this run" if settings.admin_token is None else "from your settings"

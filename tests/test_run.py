@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 
-import scripts.run
 from app.process import secrets_used_by
 from app.settings import Settings
 from scripts.demo import eventually, redis_cli, where_redis_is
@@ -59,19 +58,16 @@ def test_the_ready_block_says_where_everything_is_and_what_to_do_next() -> None:
     assert "  API docs   http://127.0.0.1:3000/schema\n" in block
     assert "http://127.0.0.1:8000" in block
     assert f"ADMIN_TOKEN={env['ADMIN_TOKEN']}   (made for this run)" in block
+    assert "  console    http://127.0.0.1:3000/console/\n" in block
     assert "next: make demo" in block
-    assert "console" not in block  # the API serves none yet
 
 
-def test_the_ready_block_names_the_console_once_the_api_serves_one(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(scripts.run, "CONSOLE_PATH", "/console")
+def test_the_ready_block_gives_an_address_a_browser_can_open() -> None:
     settings, env = development(HTTP_HOST="0.0.0.0", HTTP_PORT="3100")
 
     block = ready_block(settings, env)
 
-    assert "  console    http://127.0.0.1:3100/console\n" in block
+    assert "  console    http://127.0.0.1:3100/console/\n" in block
 
 
 def test_outside_development_the_ready_block_gives_no_token_and_no_simulator() -> None:
