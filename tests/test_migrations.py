@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -111,3 +112,11 @@ def test_make_migrate_that_cannot_reach_the_database_fails_naming_it() -> None:
     assert failed.returncode == 1
     assert "migrate: failed on 127.0.0.1:1/nowhere:" in failed.stderr
     assert failed.stdout == ""
+
+
+def test_the_readme_quotes_what_make_migrate_prints() -> None:
+    """The README tells a newcomer what `make migrate` says; the count must be today's."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"migrate: {MIGRATIONS} applied, now up to date ({MIGRATIONS})" in readme
+    assert f"migrate: up to date ({MIGRATIONS}), nothing to apply" in readme
+    assert set(re.findall(r"migrate: (?:up to date \()?(\d+)", readme)) == {str(MIGRATIONS)}
