@@ -67,9 +67,7 @@ soak: services ## the whole service under steady load for MINUTES (default 10): 
 verify: lint test soak ## all the proof: lint, the whole suite (fault matrix, model, hostile input), then a soak of MINUTES (default 10)
 
 bench: services ## figures on this machine (QUICK=1 for a short run): table + bench/results.json
-	@command -v wrk >/dev/null || { echo "bench: installing wrk (the load generator)"; \
-		apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } || \
-		{ echo "bench: wrk is needed: install it (Debian: apt-get install wrk)" >&2; exit 1; }
+	@command -v wrk >/dev/null || { echo "bench: wrk (the load generator) not found: install it (Debian: apt-get install wrk)" >&2; exit 1; }
 	QUICK=$(QUICK) $(PY) -m bench
 
 alerts-check: ## promtool: check the alert rules and run their tests (Debian: apt-get install prometheus)
@@ -77,7 +75,7 @@ alerts-check: ## promtool: check the alert rules and run their tests (Debian: ap
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
 
-lint: install ## ruff and mypy (strict on app/, outbox/, relay/, simulator/)
+lint: install ## ruff and mypy (strict on app/, outbox/, relay/, simulator/, scripts/, bench/)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy

@@ -52,6 +52,20 @@ def connect_redis(
 StreamEntry = tuple[str, dict[str, str] | None]
 
 
+def text(value: Any) -> str:
+    """A reply's bytes or str as str: entries are read by clients of either decoding."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def entries_of(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """An XRANGE / XREVRANGE reply as (entry id, fields) text pairs, whatever the client
+    decodes; redis-py types the reply loosely, so this is where it is made precise."""
+    return [
+        (text(entry_id), {text(name): text(value) for name, value in (fields or {}).items()})
+        for entry_id, fields in reply or []
+    ]
+
+
 async def read_group(
     client: redis.Redis,
     stream: str,

@@ -64,7 +64,8 @@ async def xadd_decisions(env: BenchEnv, market_ids: list[str]) -> None:
                     payload={"market_id": market_id, "decision": "approved"},
                     context={"actor_id": "bench-admin"},
                 )
-                pipe.xadd(ENTITY_PERMISSIONS_EVENTS, event.stream_fields(0))
+                fields: dict[Any, Any] = event.stream_fields(0)  # xadd's types are invariant
+                pipe.xadd(ENTITY_PERMISSIONS_EVENTS, fields)
             await pipe.execute()
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from app.redis_client import entries_of
 from app.settings import load_settings
 from bench import tools
 from bench.support import BenchEnv, percentile
@@ -54,10 +55,9 @@ async def drain_rate(env: BenchEnv, rows: int) -> dict[str, Any]:
             await asyncio.sleep(0.1)
     finally:
         relay.stop()
-    first = await env.redis.xrange(MARKETS_EVENTS, count=1)
-    last = await env.redis.xrevrange(MARKETS_EVENTS, count=1)
-    span_ms = _entry_ms(last[0][0]) - _entry_ms(first[0][0])
-    fields = {k.decode(): v.decode() for k, v in first[0][1].items()}
+    [(first_id, fields)] = entries_of(await env.redis.xrange(MARKETS_EVENTS, count=1))
+    [(last_id, _)] = entries_of(await env.redis.xrevrange(MARKETS_EVENTS, count=1))
+    span_ms = _entry_ms(last_id) - _entry_ms(first_id)
     xadd_limit = await asyncio.to_thread(
         tools.redis_xadd_limit, env.redis_server.port, min(rows, 200_000), fields
     )
@@ -130,8 +130,8 @@ async def commit_to_xadd_latency(env: BenchEnv, rate: int, seconds: float) -> di
     finally:
         relay.stop()
     latencies = []
-    for entry_id, fields in await env.redis.xrange(MARKETS_EVENTS):
-        commit_ms = committed[fields[b"event_id"].decode()]
+    for entry_id, fields in entries_of(await env.redis.xrange(MARKETS_EVENTS)):
+        commit_ms = committed[fields["event_id"]]
         latencies.append(max(0.0, _entry_ms(entry_id) - commit_ms))
     return {
         "rate_per_s": rate,
@@ -166,5 +166,5 @@ async def _produce(database_url: str, rate: int, seconds: float) -> dict[str, fl
     return committed
 
 
-def _entry_ms(entry_id: bytes) -> float:
-    return float(entry_id.split(b"-")[0])
+def _entry_ms(entry_id: str) -> float:
+    return float(entry_id.split("-", maxsplit=1)[0])

@@ -19,6 +19,7 @@ import httpx
 import redis.asyncio as redis
 
 from app.logging import address_of
+from app.redis_client import entries_of
 from app.settings import Settings
 from scripts.run import SIMULATOR_PORT, local_settings
 
@@ -105,7 +106,7 @@ async def demo(settings: Settings) -> None:
         step(2, "The relay put the approval request on markets:events")
 
         async def requested() -> dict[str, str] | None:
-            for _, fields in await client.xrevrange("markets:events", count=200):
+            for _, fields in entries_of(await client.xrevrange("markets:events", count=200)):
                 if (
                     fields["aggregate_id"] == market_id
                     and fields["event_type"] == "market.approval_requested"
@@ -149,7 +150,8 @@ async def demo(settings: Settings) -> None:
             ["XINFO", "GROUPS", "markets:events"],
         ):
             print(f"\n$ {cli} {' '.join(command)}")
-            show(await client.execute_command(*command))
+            # The exact command the line above prints, sent as redis-cli sends it.
+            show(await client.execute_command(*command))  # type: ignore[no-untyped-call]
     await client.aclose()
     print("\ndemo: done: the market is active", flush=True)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 import redis.asyncio as redis
@@ -15,6 +15,7 @@ import redis.asyncio as redis
 from app.approvals.domain import Status
 from app.markets.domain import Market
 from app.markets.repository import ApprovalRecord
+from app.redis_client import entries_of
 from outbox import ENTITY_PERMISSIONS_EVENTS
 from outbox.writer import Connection
 
@@ -192,14 +193,14 @@ async def _entry_of(client: redis.Redis, row: OutboxRow) -> str | None:
     wanted = str(row.id)
     read = 0
     while read < ENTRY_SEARCH_MAX:
-        entries = await client.xrange(row.stream, start, end, count=ENTRY_SEARCH_PAGE) or []
+        entries = entries_of(await client.xrange(row.stream, start, end, count=ENTRY_SEARCH_PAGE))
         for entry_id, fields in entries:
-            if _fields(fields).get("outbox_id") == wanted:
-                return _text(entry_id)
+            if fields.get("outbox_id") == wanted:
+                return entry_id
         if len(entries) < ENTRY_SEARCH_PAGE:
             return None
         read += len(entries)
-        start = "(" + _text(entries[-1][0])
+        start = "(" + entries[-1][0]
     return None
 
 
@@ -208,9 +209,7 @@ async def stream_entries(
 ) -> tuple[list[StreamEntry], str | None]:
     """Entries newest first, before the entry id `before`; the next page's cursor."""
     raw = await client.xrevrange(stream, f"({before}" if before else "+", "-", count=count + 1)
-    entries = [
-        StreamEntry(id=_text(entry_id), fields=_fields(fields)) for entry_id, fields in raw or []
-    ]
+    entries = [StreamEntry(id=entry_id, fields=fields) for entry_id, fields in entries_of(raw)]
     if len(entries) <= count:
         return entries, None
     return entries[:count], entries[count - 1].id
@@ -279,11 +278,3 @@ async def replay_audit(
     )
     items = [ReplayAudit(**dict(row)) for row in rows[:PAGE]]
     return items, items[-1].id if len(rows) > PAGE else None
-
-
-def _fields(fields: dict[Any, Any] | None) -> dict[str, str]:
-    return {_text(name): _text(value) for name, value in (fields or {}).items()}
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

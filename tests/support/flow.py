@@ -98,8 +98,9 @@ class Flow:
 
     async def xadd_decision(self, event: EventEnvelope, copies: int = 1) -> None:
         """A decision straight onto the stream, in the entry format of DESIGN.md."""
+        fields: dict[Any, Any] = event.stream_fields(0)  # xadd's types are invariant
         for _ in range(copies):
-            await self.stream.xadd(ENTITY_PERMISSIONS_EVENTS, event.stream_fields(0))
+            await self.stream.xadd(ENTITY_PERMISSIONS_EVENTS, fields)
 
     async def all_published(self, within: float = 120) -> None:
         async def done() -> bool:

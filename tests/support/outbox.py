@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import redis.asyncio as redis
 
+from app.redis_client import entries_of
+
 
 async def seed_outbox(
     db: asyncpg.Connection,
@@ -64,7 +66,7 @@ async def read_stream(client: redis.Redis, stream: str) -> list[dict[str, str]]:
     entries: list[dict[str, str]] = []
     start = "-"
     while True:
-        page = await client.xrange(stream, min=start, count=10_000)
+        page = entries_of(await client.xrange(stream, min=start, count=10_000))
         if not page:
             return entries
         entries.extend(fields for _, fields in page)
