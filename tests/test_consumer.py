@@ -140,10 +140,7 @@ async def test_outcomes_follow_the_seed_statuses(flow: Flow) -> None:
     assert outcome["contradiction-1"][0] == "failed"
     assert outcome["wrong-entity-1"][0] == "failed"
 
-    async def all_acked() -> bool:
-        return await pending(flow) == 0
-
-    await wait_until(all_acked, 30, "every entry acknowledged")
+    await wait_until(lambda: group_settled(flow.stream), 30, "every entry read and acknowledged")
 
 
 async def test_duplicates_5_times_and_50_copies_across_3_consumers_apply_once(
@@ -159,10 +156,12 @@ async def test_duplicates_5_times_and_50_copies_across_3_consumers_apply_once(
     await flow.xadd_decision(decision_event(first, event_id="five-times"), copies=5)
     await flow.xadd_decision(decision_event(second, event_id="fifty-copies"), copies=50)
 
-    async def all_acked() -> bool:
-        return await pending(flow) == 0 and await flow.stream.xlen(ENTITY_PERMISSIONS_EVENTS) == 55
+    async def all_read_and_acked() -> bool:
+        # Pending 0 alone holds before any consumer has read a copy.
+        return await group_settled(flow.stream)
 
-    await wait_until(all_acked, 60, "all 55 copies acknowledged")
+    await wait_until(all_read_and_acked, 60, "all 55 copies read and acknowledged")
+    assert await flow.stream.xlen(ENTITY_PERMISSIONS_EVENTS) == 55
     for market_id, event_id in ((first, "five-times"), (second, "fifty-copies")):
         history = await flow.db.fetch(
             "SELECT * FROM market_approval_events WHERE market_id = $1", uuid.UUID(market_id)
@@ -213,10 +212,7 @@ async def test_a_consumer_killed_holding_entries_is_taken_over(flow: Flow) -> No
     flow.launch_consumer(1, **FAST_CLAIMS)
     await wait_for_status(flow.db, markets, "active")
 
-    async def all_acked() -> bool:
-        return await pending(flow) == 0
-
-    await wait_until(all_acked, 30, "every entry acknowledged")
+    await wait_until(lambda: group_settled(flow.stream), 30, "every entry read and acknowledged")
     assert await flow.db.fetchval("SELECT count(*) FROM market_approval_events") == len(markets)
     assert await flow.db.fetchval("SELECT count(*) FROM processed_events") == len(markets)
 
@@ -261,10 +257,9 @@ async def test_postgres_stopped_for_10_s_leaves_entries_pending_then_applies_the
         db = await asyncpg.connect(own_postgres.url)
         await wait_for_status(db, markets, "active")
 
-        async def all_acked() -> bool:
-            return await pending(flow) == 0
-
-        await wait_until(all_acked, 30, "every entry acknowledged")
+        await wait_until(
+            lambda: group_settled(flow.stream), 30, "every entry read and acknowledged"
+        )
         assert await db.fetchval("SELECT count(*) FROM processed_events") == len(markets)
         consumer.wait_for_log("PostgreSQL unavailable")
         consumer.wait_for_log("PostgreSQL available again")
@@ -388,11 +383,12 @@ async def test_redis_restarted_empty_every_decision_ends_applied_once(flow: Flow
     await flow.enqueue_decisions([decision_event(m) for m in markets[15:]])
     await wait_for_status(flow.db, markets, "active")
 
-    async def refilled_and_acked() -> bool:
+    async def refilled_and_consumed() -> bool:
+        # The refilled copies of the first 15 decisions read too: each must be a duplicate.
         length = await flow.stream.xlen(ENTITY_PERMISSIONS_EVENTS)
-        return length == 30 and await pending(flow) == 0
+        return length == 30 and await group_settled(flow.stream)
 
-    await wait_until(refilled_and_acked, 60, "the refilled stream consumed")
+    await wait_until(refilled_and_consumed, 60, "the refilled stream consumed")
     consumer.wait_for_log("created it again at 0")
     assert await flow.db.fetchval("SELECT count(*) FROM market_approval_events") == 30
     assert (
