@@ -306,7 +306,7 @@ async def test_nothing_is_lost_under_load_when(
         client = redis.Redis.from_url(redis_server.url, decode_responses=True)
 
         async def done() -> bool:
-            return await settled(db, client, load.accepted)
+            return await settled(db, client, load.accepted, unreadable=fault.unreadable)
 
         try:
             await wait_until(done, 120, "every decision applied and every row published")
