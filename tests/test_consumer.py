@@ -14,6 +14,7 @@ from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_E
 from tests.support.flow import Flow, decision_event
 from tests.support.outbox import read_stream, wait_until
 from tests.support.postgres_server import PostgresServer
+from tests.support.tally import group_settled
 
 GROUP = "market-approvals"
 FAST_CLAIMS = {"CLAIM_IDLE_MS": "500"}
@@ -139,10 +140,7 @@ async def test_outcomes_follow_the_seed_statuses(flow: Flow) -> None:
     assert outcome["contradiction-1"][0] == "failed"
     assert outcome["wrong-entity-1"][0] == "failed"
 
-    async def all_acked() -> bool:
-        return await pending(flow) == 0
-
-    await wait_until(all_acked, 30, "every entry acknowledged")
+    await wait_until(lambda: group_settled(flow.stream), 30, "every entry read and acknowledged")
 
 
 async def test_duplicates_5_times_and_50_copies_across_3_consumers_apply_once(
@@ -158,10 +156,12 @@ async def test_duplicates_5_times_and_50_copies_across_3_consumers_apply_once(
     await flow.xadd_decision(decision_event(first, event_id="five-times"), copies=5)
     await flow.xadd_decision(decision_event(second, event_id="fifty-copies"), copies=50)
 
-    async def all_acked() -> bool:
-        return await pending(flow) == 0 and await flow.stream.xlen(ENTITY_PERMISSIONS_EVENTS) == 55
+    async def all_read_and_acked() -> bool:
+        # Pending 0 alone holds before any consumer has read a copy.
+        return await group_settled(flow.stream)
 
-    await wait_until(all_acked, 60, "all 55 copies acknowledged")
+    await wait_until(all_read_and_acked, 60, "all 55 copies read and acknowledged")
+    assert await flow.stream.xlen(ENTITY_PERMISSIONS_EVENTS) == 55
     for market_id, event_id in ((first, "five-times"), (second, "fifty-copies")):
         history = await flow.db.fetch(
             "SELECT * FROM market_approval_events WHERE market_id = $1", uuid.UUID(market_id)
@@ -212,10 +212,7 @@ async def test_a_consumer_killed_holding_entries_is_taken_over(flow: Flow) -> No
     flow.launch_consumer(1, **FAST_CLAIMS)
     await wait_for_status(flow.db, markets, "active")
 
-    async def all_acked() -> bool:
-        return await pending(flow) == 0
-
-    await wait_until(all_acked, 30, "every entry acknowledged")
+    await wait_until(lambda: group_settled(flow.stream), 30, "every entry read and acknowledged")
     assert await flow.db.fetchval("SELECT count(*) FROM market_approval_events") == len(markets)
     assert await flow.db.fetchval("SELECT count(*) FROM processed_events") == len(markets)
 
@@ -260,15 +257,24 @@ async def test_postgres_stopped_for_10_s_leaves_entries_pending_then_applies_the
         db = await asyncpg.connect(own_postgres.url)
         await wait_for_status(db, markets, "active")
 
-        async def all_acked() -> bool:
-            return await pending(flow) == 0
-
-        await wait_until(all_acked, 30, "every entry acknowledged")
+        await wait_until(
+            lambda: group_settled(flow.stream), 30, "every entry read and acknowledged"
+        )
         assert await db.fetchval("SELECT count(*) FROM processed_events") == len(markets)
         consumer.wait_for_log("PostgreSQL unavailable")
         consumer.wait_for_log("PostgreSQL available again")
     finally:
         await db.close()
+
+
+def poison(market_id: str, event_id: str = "poison") -> dict[str, str]:
+    """The stream fields of a decision that fails on every delivery: PostgreSQL cannot
+    store the NUL character of its reason."""
+    return decision_event(market_id, "rejected", event_id=event_id, reason="\x00").stream_fields(0)
+
+
+async def poison_record(flow: Flow, event_id: str = "poison") -> asyncpg.Record | None:
+    return await flow.db.fetchrow("SELECT * FROM processed_events WHERE event_id = $1", event_id)
 
 
 async def test_a_poison_entry_is_dead_lettered_after_max_deliveries(flow: Flow) -> None:
@@ -277,30 +283,92 @@ async def test_a_poison_entry_is_dead_lettered_after_max_deliveries(flow: Flow) 
     consumer = flow.launch_consumer(0, MAX_DELIVERIES="3", CLAIM_IDLE_MS="200")
     consumer.wait_for_log("consuming")
 
-    # PostgreSQL cannot store a NUL character: this entry fails on every delivery.
-    await flow.xadd_decision(
-        decision_event(market["id"], "rejected", event_id="poison", reason="\x00")
+    entry_id = await flow.stream.xadd(ENTITY_PERMISSIONS_EVENTS, poison(market["id"]))
+
+    async def dead_lettered_recorded_and_acked() -> bool:
+        # The dead letter read first: once it is there, its record must already be.
+        dead = await flow.stream.xlen(ENTITY_PERMISSIONS_DEAD)
+        recorded = await poison_record(flow)
+        assert not dead or recorded is not None, "a dead letter without its failed record"
+        return bool(dead and recorded is not None and await group_settled(flow.stream))
+
+    await wait_until(
+        dead_lettered_recorded_and_acked, 60, "the poison entry dead-lettered, recorded, acked"
     )
-
-    async def dead() -> bool:
-        return bool(await flow.stream.xlen(ENTITY_PERMISSIONS_DEAD))
-
-    await wait_until(dead, 60, "the poison entry on the dead-letter stream")
     [letter] = await read_stream(flow.stream, ENTITY_PERMISSIONS_DEAD)
     assert letter["event_id"] == "poison"
+    assert letter["original_id"] == entry_id
     assert letter["delivery_count"] == "3"
     assert "Error" in letter["last_error"]
-    row = await flow.db.fetchrow("SELECT * FROM processed_events WHERE event_id = 'poison'")
-    assert row["processing_status"] == "failed"
+    row = await poison_record(flow)
+    assert row is not None
+    assert (row["processing_status"], row["processing_reason"]) == ("failed", "dead_lettered")
     assert row["attempts"] == 3
     assert json.loads(row["payload"])["payload"]["reason"] == "\\u0000"
-
-    async def acked() -> bool:
-        return await pending(flow) == 0
-
-    await wait_until(acked, 30, "the poison entry acknowledged")
     detail = await market_of(api, market["id"])
     assert detail["market"]["status"] == "pending_approval"
+
+
+async def test_a_dead_letter_not_appended_leaves_the_entry_recorded_and_pending_until_it_is(
+    flow: Flow,
+) -> None:
+    _, api = flow.start_api()
+    [market] = await flow.register_markets(api, 1)
+    # The dead-letter stream's key holds a string: every read of it and append to it
+    # fails (WRONGTYPE), as when Redis fails between the record and the append.
+    await flow.stream.set(ENTITY_PERMISSIONS_DEAD, "not a stream")
+    consumer = flow.launch_consumer(0, MAX_DELIVERIES="3", CLAIM_IDLE_MS="200")
+    consumer.wait_for_log("consuming")
+
+    entry_id = await flow.stream.xadd(ENTITY_PERMISSIONS_EVENTS, poison(market["id"]))
+    first = consumer.wait_for_log(f"could not dead-letter {entry_id} yet", 60)
+    row = await poison_record(flow)
+    assert row is not None, "the dead letter was attempted before the failure was recorded"
+    assert (row["processing_status"], row["processing_reason"]) == ("failed", "dead_lettered")
+    # A later delivery finds the event recorded, and tries the dead letter again rather
+    # than acknowledging the entry as a duplicate.
+    consumer.wait_for_log(f"could not dead-letter {entry_id} yet", 60, after=first)
+    assert await pending(flow) == 1
+
+    await flow.stream.delete(ENTITY_PERMISSIONS_DEAD)
+
+    async def dead_lettered_and_acked() -> bool:
+        dead = await flow.stream.xlen(ENTITY_PERMISSIONS_DEAD)
+        return bool(dead and await group_settled(flow.stream))
+
+    await wait_until(dead_lettered_and_acked, 60, "the dead letter appended and the entry acked")
+    [letter] = await read_stream(flow.stream, ENTITY_PERMISSIONS_DEAD)
+    assert letter["original_id"] == entry_id
+    assert int(letter["delivery_count"]) > 3
+    assert letter["last_error"] == row["processing_error"]
+    assert await flow.db.fetchval("SELECT count(*) FROM processed_events") == 1
+    assert await poison_record(flow) == row  # recorded once, never again
+
+
+async def test_an_entry_dead_lettered_but_not_acknowledged_is_not_dead_lettered_twice(
+    flow: Flow,
+) -> None:
+    _, api = flow.start_api()
+    [market] = await flow.register_markets(api, 1)
+    await flow.stream.set(ENTITY_PERMISSIONS_DEAD, "not a stream")
+    consumer = flow.launch_consumer(0, MAX_DELIVERIES="3", CLAIM_IDLE_MS="200")
+    consumer.wait_for_log("consuming")
+
+    entry_id = await flow.stream.xadd(ENTITY_PERMISSIONS_EVENTS, poison(market["id"]))
+    consumer.wait_for_log(f"could not dead-letter {entry_id} yet", 60)
+    # As if an earlier delivery had appended the dead letter and stopped before the ack:
+    # in one transaction, so that the consumer never sees the stream without it.
+    async with flow.stream.pipeline(transaction=True) as both:
+        both.delete(ENTITY_PERMISSIONS_DEAD)
+        both.xadd(ENTITY_PERMISSIONS_DEAD, {"original_id": entry_id, "consumer": "earlier"})
+        await both.execute()
+
+    async def acked() -> bool:
+        return await group_settled(flow.stream)
+
+    await wait_until(acked, 60, "the entry acknowledged")
+    [letter] = await read_stream(flow.stream, ENTITY_PERMISSIONS_DEAD)
+    assert letter == {"original_id": entry_id, "consumer": "earlier"}
 
 
 async def test_redis_restarted_empty_every_decision_ends_applied_once(flow: Flow) -> None:
@@ -315,11 +383,12 @@ async def test_redis_restarted_empty_every_decision_ends_applied_once(flow: Flow
     await flow.enqueue_decisions([decision_event(m) for m in markets[15:]])
     await wait_for_status(flow.db, markets, "active")
 
-    async def refilled_and_acked() -> bool:
+    async def refilled_and_consumed() -> bool:
+        # The refilled copies of the first 15 decisions read too: each must be a duplicate.
         length = await flow.stream.xlen(ENTITY_PERMISSIONS_EVENTS)
-        return length == 30 and await pending(flow) == 0
+        return length == 30 and await group_settled(flow.stream)
 
-    await wait_until(refilled_and_acked, 60, "the refilled stream consumed")
+    await wait_until(refilled_and_consumed, 60, "the refilled stream consumed")
     consumer.wait_for_log("created it again at 0")
     assert await flow.db.fetchval("SELECT count(*) FROM market_approval_events") == 30
     assert (

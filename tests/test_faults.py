@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -63,13 +64,30 @@ def restart(choose: Callable[[random.Random], str], sig: int = signal.SIGKILL) -
 
     async def inject(target: Target) -> None:
         name = choose(target.rng)
-        status = await asyncio.to_thread(target.stack.stop, name, sig)
-        if sig == signal.SIGTERM:
-            assert status == graceful_exit(name), f"{name} exited {status} on SIGTERM"
+        await strike_process(target, name, sig)
         await _down_for_a_moment(target)
-        await asyncio.to_thread(target.stack.start, name)
+        await start_again(target, name)
 
     return inject
+
+
+async def strike_process(target: Target, name: str, sig: int = signal.SIGKILL) -> None:
+    """`sig` to a process of the stack that must be running, and must end by it: a strike
+    on a process already gone would prove nothing."""
+    struck = target.stack.processes[name].process
+    assert struck.poll() is None, f"{name} had exited ({struck.returncode}) before it was struck"
+    status = await asyncio.to_thread(target.stack.stop, name, sig)
+    expected = graceful_exit(name) if sig == signal.SIGTERM else -sig
+    assert status == expected, f"{name} exited {status} on {signal.Signals(sig).name}"
+
+
+async def start_again(target: Target, name: str) -> None:
+    """Start a stopped process as its supervisor would; it must come up (Stack.start waits
+    until it is ready) as a new process."""
+    stopped = target.stack.processes[name].process
+    restarted = (await asyncio.to_thread(target.stack.start, name)).process
+    assert restarted.poll() is None, f"{name} exited ({restarted.returncode}) once restarted"
+    assert restarted.pid != stopped.pid
 
 
 def graceful_exit(name: str) -> int:
@@ -93,12 +111,35 @@ async def restart_postgres(target: Target) -> None:
 
 
 async def fail_epc(target: Target) -> None:
-    """The feed answers 503, then bodies that are not JSON, then recovers."""
-    await set_faults(target.stack.epc_url, error_status=503)
-    await asyncio.sleep(target.rng.uniform(1.0, 2.5))
-    await set_faults(target.stack.epc_url, malformed=True)
-    await asyncio.sleep(target.rng.uniform(0.5, 1.5))
-    await set_faults(target.stack.epc_url)
+    """The feed answers 503, then bodies that are not JSON, recovering after each: the
+    poller must report each failure (it logs the first of a run of failures) and then
+    the feed's recovery, so that the case cannot pass with a fault never felt."""
+    phases = (
+        ({"error_status": 503}, "FeedUnavailable: HTTP 503", (1.0, 2.5)),
+        ({"malformed": True}, "FeedUnavailable: invalid feed body", (0.5, 1.5)),
+    )
+    for faults, failure, lasting in phases:
+        await fault_felt(target, ["poller"], faults, failure)
+        await asyncio.sleep(target.rng.uniform(*lasting))
+        await fault_felt(target, ["poller"], {}, "Entity Permissions Core available again")
+
+
+async def fault_felt(
+    target: Target, pollers: list[str], faults: dict[str, Any], logged: str, within: float = 30
+) -> None:
+    """Set the simulator's faults, then wait until one of `pollers` logs `logged`."""
+    processes = [target.stack.processes[name] for name in pollers]
+    offsets = [len(process.log_text()) for process in processes]
+    await set_faults(target.stack.epc_url, **faults)
+
+    async def logged_since() -> bool:
+        for process, offset in zip(processes, offsets, strict=True):
+            assert process.process.poll() is None, f"{process.name} exited"
+            if logged in process.log_text()[offset:]:
+                return True
+        return False
+
+    await wait_until(logged_since, within, f"{' or '.join(pollers)} to log {logged!r}")
 
 
 # More decisions than one node of a stream (100 entries) holds: with the stream's
@@ -109,7 +150,7 @@ OUTLASTING_ENTRIES = 120
 async def stop_consumers_until_the_stream_outlasts_its_length(target: Target) -> None:
     """Both consumers down while more decisions arrive than the stream's length."""
     for name in CONSUMERS:
-        await asyncio.to_thread(target.stack.stop, name)
+        await strike_process(target, name)
     client = redis.Redis.from_url(target.redis_server.url, decode_responses=True)
     try:
 
@@ -122,7 +163,7 @@ async def stop_consumers_until_the_stream_outlasts_its_length(target: Target) ->
     finally:
         await client.aclose()
     for name in CONSUMERS:
-        await asyncio.to_thread(target.stack.start, name)
+        await start_again(target, name)
 
 
 async def pause_the_leading_relay_past_its_lock(target: Target) -> None:
@@ -157,12 +198,15 @@ POISONS = (400, 5000)  # depths of the events put on the feed: a walk's limit, a
 
 async def poison_the_feed(target: Target) -> None:
     """Events nested too deep on the feed, then a page that is not a page; the consumers,
-    whose processes also poll, go on applying the webhook's decisions."""
+    whose processes also poll, go on applying the webhook's decisions. The poller may
+    read the events before the bad page or only once it is gone: the case waits for
+    their records either way (Fault.unreadable)."""
     for depth in POISONS:
         await put_on_feed(
             target.stack.epc_url, nested_event(f"poison-{depth}", str(uuid.uuid4()), depth)
         )
-    await set_faults(target.stack.epc_url, page='["not", "a", "page"]')
+    bad_page = {"page": '["not", "a", "page"]'}
+    await fault_felt(target, list(CONSUMERS), bad_page, "FeedUnavailable: invalid feed body")
     await asyncio.sleep(target.rng.uniform(1.0, 2.0))
     await set_faults(target.stack.epc_url)
 
@@ -306,7 +350,7 @@ async def test_nothing_is_lost_under_load_when(
         client = redis.Redis.from_url(redis_server.url, decode_responses=True)
 
         async def done() -> bool:
-            return await settled(db, client, load.accepted)
+            return await settled(db, client, load.accepted, unreadable=fault.unreadable)
 
         try:
             await wait_until(done, 120, "every decision applied and every row published")

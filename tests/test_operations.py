@@ -21,6 +21,7 @@ from tests.support.markets import REGISTER, seed_body
 from tests.support.outbox import seed_outbox, wait_until
 from tests.support.postgres_server import PostgresServer
 from tests.support.processes import ManagedProcess, start_api
+from tests.support.tally import group_settled
 from tests.test_webhook import WEBHOOK, seed_event
 
 TOKEN = "test-admin-token"
@@ -44,54 +45,108 @@ async def scrape(http: httpx.AsyncClient) -> str:
     return response.text
 
 
+CONSUMER = "metrics-consumer"
+INBOUND = "entity-permissions:events"
+Sample = tuple[str, tuple[tuple[str, str], ...]]  # a metric's name and labels
+
+
+def sample(name: str, **labels: str) -> Sample:
+    return name, tuple(sorted(labels.items()))
+
+
+def mismatched(text: str, wanted: dict[Sample, float]) -> str:
+    """The samples of `text` that differ from `wanted` (name, labels) -> value, or ""."""
+    wrong = []
+    for (name, labels), value in wanted.items():
+        found = metric(text, name, **dict(labels))
+        if found != value:
+            wrong.append(f"{name}{dict(labels)}: {found}, not {value}")
+    return "; ".join(wrong)
+
+
+async def scraped_until(http: httpx.AsyncClient, wanted: dict[Sample, float], what: str) -> str:
+    """The first scrape whose samples are all `wanted` (the figures are a snapshot,
+    refreshed at most every METRICS_REFRESH_INTERVAL_S)."""
+    latest = ""
+
+    async def there() -> bool:
+        nonlocal latest
+        latest = await scrape(http)
+        return not mismatched(latest, wanted)
+
+    try:
+        await wait_until(there, 60, what)
+    except AssertionError as error:
+        raise AssertionError(f"{error}: {mismatched(latest, wanted)}") from None
+    return latest
+
+
 async def test_metrics_move_through_register_approve_and_fail(flow: Flow) -> None:
-    _, api = flow.start_api()
-    relay = flow.launch_relay()
-    relay.wait_for_log("leading")
-    flow.launch_consumer()
+    api_process, api = start_api(
+        flow.env(METRICS_REFRESH_INTERVAL_S="1"), flow.log_dir, "api-metrics"
+    )
+    flow.processes.append(api_process)
+    launched = time.monotonic()
+    flow.launch_consumer(0, CONSUMER_NAME=CONSUMER).wait_for_log("consuming")
     async with httpx.AsyncClient(base_url=api) as http:
         before = await scrape(http)
         assert metric(before, "market_processed_events_recent", status="success", window="1h") == 0
-        assert metric(before, "market_relay_processes") == 1
-        assert metric(before, "market_relay_leader") == 1
+        assert metric(before, "market_processed_events_recent", status="failed", window="1h") == 0
+        assert metric(before, "market_decision_latency_seconds_gcount") == 0
+        assert metric(before, "market_outbox_backlog") == 0
+        assert metric(before, "market_relay_processes") == 0
+        assert metric(before, "market_relay_leader") is None
         assert metric(before, "market_polling_enabled") == 0
+        assert metric(before, "market_stream_length", stream="markets:events") is None
 
+        # No relay yet: the market's two events and both decisions wait in the outbox.
         [market] = await flow.register_markets(api, 1)
-        await http.post(WEBHOOK, json=seed_event(market["id"]))
-        await http.post(WEBHOOK, json=seed_event(str(uuid.uuid4())))  # an unknown market
+        for event in (seed_event(market["id"]), seed_event(str(uuid.uuid4()))):  # one unknown
+            accepted = await http.post(WEBHOOK, json=event)
+            assert accepted.status_code == 200, accepted.text
+        await scraped_until(
+            http,
+            {sample("market_outbox_backlog"): 4, sample("market_relay_processes"): 0},
+            "a snapshot with four rows waiting in the outbox",
+        )
 
-        async def both_recorded() -> bool:
-            return bool(await flow.db.fetchval("SELECT count(*) FROM processed_events") == 2)
+        flow.launch_relay().wait_for_log("leading")
+        after = await scraped_until(
+            http,
+            {
+                sample("market_relay_processes"): 1,
+                sample("market_relay_leader"): 1,
+                sample("market_outbox_backlog"): 0,
+                sample("market_processed_events_recent", status="success", window="1h"): 1,
+                sample("market_processed_events_recent", status="failed", window="1h"): 1,
+                sample(
+                    "market_processed_events", status="success", event_type="market.approved"
+                ): 1,
+                sample("market_decision_latency_seconds_gcount"): 1,
+                # registered, approval_requested, activated, token.deployment_requested
+                sample("market_stream_length", stream="markets:events"): 4,
+                sample("market_stream_length", stream=INBOUND): 2,
+                # Both decisions read and acknowledged by the group.
+                sample("market_stream_group_lag", stream=INBOUND, group="market-approvals"): 0,
+                sample("market_stream_group_pending", stream=INBOUND, group="market-approvals"): 0,
+                sample("market_dependency_up", dependency="redis"): 1,
+                sample("market_dependency_up", dependency="postgres"): 1,
+            },
+            "a snapshot with both decisions applied and every row published",
+        )
+        rows = await flow.db.fetch(
+            "SELECT processing_status, processing_reason FROM processed_events"
+        )
+        assert sorted((r["processing_status"], r["processing_reason"]) for r in rows) == [
+            ("failed", "unknown_market"),
+            ("success", None),
+        ]
 
-        await wait_until(both_recorded, 60, "both decisions processed")
-        after = ""
-
-        async def scraped_both() -> bool:
-            # The figures are a snapshot, refreshed at most every few seconds.
-            nonlocal after
-            after = await scrape(http)
-            return (
-                metric(after, "market_processed_events_recent", status="failed", window="1h") == 1
-                and metric(after, "market_stream_group_pending", stream="entity-permissions:events")
-                == 0
-            )
-
-        await wait_until(scraped_both, 60, "a snapshot with both decisions")
-
-    assert metric(after, "market_processed_events_recent", status="success", window="1h") == 1
-    assert metric(after, "market_processed_events_recent", status="failed", window="1h") == 1
-    assert (
-        metric(after, "market_processed_events", status="success", event_type="market.approved")
-        == 1
+    idle = metric(
+        after, "market_stream_consumer_idle_seconds", group="market-approvals", consumer=CONSUMER
     )
-    assert metric(after, "market_decision_latency_seconds_gcount") == 1
-    assert metric(after, "market_stream_length", stream="markets:events") >= 4
-    assert metric(after, "market_stream_group_pending", stream="entity-permissions:events") == 0
-    assert (
-        metric(after, "market_stream_consumer_idle_seconds", group="market-approvals") is not None
-    )
-    assert metric(after, "market_outbox_backlog") is not None
-    assert metric(after, "market_dependency_up", dependency="redis") == 1
+    # Seconds since our consumer last read: never more than it has been running.
+    assert idle is not None and 0 <= idle <= time.monotonic() - launched
     assert "market_requests_total" in after or "market_request" in after  # Litestar's HTTP metrics
 
 
@@ -238,10 +293,21 @@ async def test_replaying_a_dead_lettered_event_applies_it_exactly_once(flow: Flo
         decision_event(market["id"], "rejected", event_id="dlq-1", reason="\x00")
     )
 
-    async def dead() -> bool:
-        return bool(await flow.stream.xlen(ENTITY_PERMISSIONS_DEAD))
+    async def dead_lettered_recorded_and_acked() -> bool:
+        # The replay reads the failed record; and while the poison entry is pending, a
+        # redelivery after the replay took the record away would record it failed again.
+        status = await flow.db.fetchval(
+            "SELECT processing_status FROM processed_events WHERE event_id = 'dlq-1'"
+        )
+        return bool(
+            status == "failed"
+            and await flow.stream.xlen(ENTITY_PERMISSIONS_DEAD) == 1
+            and await group_settled(flow.stream)
+        )
 
-    await wait_until(dead, 60, "the entry dead-lettered")
+    await wait_until(
+        dead_lettered_recorded_and_acked, 60, "the entry dead-lettered, recorded failed, acked"
+    )
 
     async with httpx.AsyncClient(base_url=api, headers=ADMIN) as http:
         replayed = await http.post("/api/v1/admin/processed-events/dlq-1/replay")

@@ -4,8 +4,10 @@ Any number of these processes may run, each a consumer of group `market-approval
 named `<host>-<slot>`. Each turn of the loop first claims entries another consumer
 (or a previous life of this one) left idle for CLAIM_IDLE_MS, then reads new ones; on
 start it first re-reads its own pending entries. An entry is acknowledged only after
-the transaction that applied it commits. One that keeps failing is copied to
-entity-permissions:events:dead after MAX_DELIVERIES and recorded `failed`.
+the transaction that applied it commits. One that keeps failing is, after
+MAX_DELIVERIES, recorded `failed` (committed), then copied to
+entity-permissions:events:dead, then acknowledged: a dead letter always has its record,
+and an entry whose dead letter was never appended stays pending until it is.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import socket
 import time
 from collections import defaultdict
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import asyncpg
 import msgspec
@@ -39,6 +41,7 @@ log = logging.getLogger("approvals.consumer")
 
 GROUP: Final = APPROVALS_GROUP
 STREAM: Final = ENTITY_PERMISSIONS_EVENTS
+DEAD_LETTER_PAGE: Final = 100
 
 # Worth retrying in place, without counting a delivery: the database is away or busy.
 BATCH_ERRORS: Final[tuple[type[Exception], ...]] = (redis.RedisError, *RETRYABLE_ERRORS)
@@ -193,9 +196,14 @@ class ApprovalConsumer:
         if gone:
             await self._count_lost(gone)
         done: list[str] = list(gone)  # acknowledged: nothing is left to apply
+        owed = await self._owed_dead_letters(entries)
         readable: list[tuple[Entry, Delivery]] = []
         for entry in entries:
             if entry.fields is None:
+                continue
+            if entry.id in owed:
+                if await self._dead_letter_once(entry, owed[entry.id]):
+                    done.append(entry.id)
                 continue
             try:
                 envelope = read_stream_entry(entry.fields)
@@ -293,12 +301,58 @@ class ApprovalConsumer:
         )
         if entry.deliveries < self.settings.max_deliveries:
             return False
+        # The record first: a dead letter always has one. Should the append fail or the
+        # process stop before it, the entry stays pending and its next delivery finds it
+        # recorded, which _owed_dead_letters turns into the dead letter still owed.
+        if not await self._record_failure(delivery, Reason.DEAD_LETTERED, reason):
+            return False
+        return await self._dead_letter_once(entry, reason)
+
+    async def _owed_dead_letters(self, entries: list[Entry]) -> dict[str, str]:
+        """Of entries delivered more than MAX_DELIVERIES times, those whose event is
+        recorded dead-lettered, with the error recorded: an earlier delivery recorded it
+        and did not get to append the dead letter, or to acknowledge the entry."""
+        by_event: dict[str, list[str]] = defaultdict(list)
+        for entry in entries:
+            if entry.fields is None or entry.deliveries <= self.settings.max_deliveries:
+                continue
+            try:
+                by_event[read_stream_entry(entry.fields).event_id].append(entry.id)
+            except UnreadableEntry:
+                continue  # recorded under a key of its own, never dead-lettered
+        if not by_event:
+            return {}
+        recorded = await service.dead_lettered_among(UnitOfWork(self._pool), list(by_event))
+        return {entry: error for event, error in recorded.items() for entry in by_event[event]}
+
+    async def _dead_letter_once(self, entry: Entry, reason: str) -> bool:
+        """Append the entry's dead letter unless a delivery before this one did; True
+        once it is on the dead-letter stream (then the entry may be acknowledged)."""
         try:
-            await self._dead_letter(entry, reason)
+            if not await self._dead_lettered_before(entry.id):
+                await self._dead_letter(entry, reason)
         except redis.RedisError as unavailable:
             log.warning("could not dead-letter %s yet: %r", entry.id, unavailable)
             return False  # still pending: dead-lettered on a later delivery
-        return await self._record_failure(delivery, Reason.DEAD_LETTERED, reason)
+        return True
+
+    async def _dead_lettered_before(self, entry_id: str) -> bool:
+        """Whether the dead-letter stream holds this entry: its dead letter can only be
+        newer than the entry, so only that end of the stream is read."""
+        newest = "+"
+        while True:
+            # Read as text: this client decodes responses.
+            page = cast(
+                list[tuple[str, dict[str, str]]],
+                await self._redis.xrevrange(
+                    ENTITY_PERMISSIONS_DEAD, max=newest, min=entry_id, count=DEAD_LETTER_PAGE
+                ),
+            )
+            if any(fields.get("original_id") == entry_id for _, fields in page):
+                return True
+            if len(page) < DEAD_LETTER_PAGE:
+                return False
+            newest = "(" + page[-1][0]
 
     async def _dead_letter(self, entry: Entry, reason: str) -> None:
         fields: dict[Any, Any] = {

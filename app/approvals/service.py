@@ -137,6 +137,21 @@ async def record_failure(uow: UnitOfWork, delivery: Delivery, reason: Reason, er
     return bool(recorded)
 
 
+async def dead_lettered_among(uow: UnitOfWork, event_ids: Sequence[str]) -> dict[str, str]:
+    """Of these events, those recorded failed as dead letters, with the error recorded."""
+    async with uow:
+        rows = await uow.connection.fetch(
+            """
+            SELECT event_id, processing_error FROM processed_events
+            WHERE event_id = ANY($1) AND processing_status = $2 AND processing_reason = $3
+            """,
+            list(event_ids),
+            Status.FAILED.value,
+            Reason.DEAD_LETTERED.value,
+        )
+    return {row["event_id"]: row["processing_error"] or "" for row in rows}
+
+
 def audit_payload(envelope: EventEnvelope) -> dict[str, Any]:
     """What processed_events keeps of an event: its payload and context, as received."""
     return {"payload": envelope.payload, "context": envelope.context}

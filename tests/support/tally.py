@@ -38,8 +38,39 @@ class Tally:
     stream_duplicates: int
 
 
-async def settled(db: asyncpg.Connection, client: redis.Redis, accepted: Accepted) -> bool:
-    """Every decision applied, every outbox row published, nothing left pending."""
+async def group_settled(
+    client: redis.Redis, stream: str = ENTITY_PERMISSIONS_EVENTS, group: str = CONSUMER_GROUP
+) -> bool:
+    """The group has read every entry ever added to the stream and acknowledged them all.
+
+    A missing stream or group is not settled (Redis restarted, nothing read yet), nor is
+    a group that has read nothing (its entries-read is unknown). Entries read are
+    compared with the entries ever added, which is the stream's length unless it was
+    trimmed: trimming removes only what the group has acknowledged.
+    """
+    try:
+        info = await client.xinfo_stream(stream)
+        groups = await client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return False  # the stream is gone (Redis restarted) until something refills it
+    ours = [g for g in groups if g["name"] == group]
+    if not ours:
+        return False
+    [state] = ours
+    return bool(
+        state["lag"] == 0
+        and state["entries-read"] is not None
+        and state["entries-read"] == info["entries-added"]
+        and state["pending"] == 0
+    )
+
+
+async def settled(
+    db: asyncpg.Connection, client: redis.Redis, accepted: Accepted, *, unreadable: int = 0
+) -> bool:
+    """Every decision applied, every outbox row published, every entry read and
+    acknowledged; and at least `unreadable` deliveries recorded unreadable, those the
+    caller made (the poller may store them after every decision is applied)."""
     decided = [uuid.UUID(market) for market in accepted.decisions]
     applied = await db.fetchval(
         "SELECT count(*) FROM markets WHERE id = ANY($1) AND status <> 'pending_approval'",
@@ -47,11 +78,16 @@ async def settled(db: asyncpg.Connection, client: redis.Redis, accepted: Accepte
     )
     if applied != len(decided) or await unpublished(db):
         return False
-    try:
-        groups = await client.xinfo_groups(ENTITY_PERMISSIONS_EVENTS)
-    except redis.ResponseError:
-        return False  # the stream is gone (Redis restarted) until the relay refills it
-    return all(group["pending"] == 0 for group in groups if group["name"] == CONSUMER_GROUP)
+    if unreadable and await recorded_unreadable(db) < unreadable:
+        return False
+    return await group_settled(client)
+
+
+async def recorded_unreadable(db: asyncpg.Connection) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM processed_events WHERE processing_reason = 'unreadable'"
+    )
+    return count
 
 
 async def count_everything(
@@ -94,10 +130,8 @@ async def count_everything(
             "SELECT event_id, processing_status FROM processed_events"
             " WHERE processing_reason IS DISTINCT FROM 'unreadable'"
         )
-        recorded_unreadable = await db.fetchval(
-            "SELECT count(*) FROM processed_events WHERE processing_reason = 'unreadable'"
-        )
-        assert recorded_unreadable == unreadable, f"{recorded_unreadable} unreadable records"
+        found = await recorded_unreadable(db)
+        assert found == unreadable, f"{found} unreadable records, {unreadable} expected"
         assert Counter(r["processing_status"] for r in processed) == {
             "success": len(accepted.decisions)
         }
