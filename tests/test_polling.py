@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from tests.support.feed_recorder import FeedRecorder
 from tests.support.flow import Flow
 from tests.support.outbox import wait_until
 from tests.test_webhook import SECRET, WEBHOOK
@@ -200,17 +201,26 @@ async def test_a_poller_killed_mid_feed_loses_and_doubles_nothing(flow: Flow) ->
     events = await approve(simulator, markets)
     await set_faults(simulator, latency_ms=700)  # time to act between two pages
 
-    victim = flow.launch_consumer(0, **polling(simulator))
+    # Each poller reads the feed through a recorder of its own: what it asked for first
+    # is where it started.
+    with FeedRecorder(simulator) as victims_feed, FeedRecorder(simulator) as successors_feed:
+        victim = flow.launch_consumer(0, **polling(victims_feed.url))
 
-    async def first_page_stored() -> bool:
+        async def first_page_stored() -> bool:
+            cursor = await flow.db.fetchval("SELECT cursor FROM poller_cursors")
+            return cursor is not None
+
+        await wait_until(first_page_stored, 60, "the first page of the feed stored")
+        victim.kill()
         cursor = await flow.db.fetchval("SELECT cursor FROM poller_cursors")
-        return cursor is not None
+        assert cursor in ("100", "200"), "the kill was meant to land mid-feed"
+        assert victims_feed.requested()[0] is None  # a poller with no cursor yet
 
-    await wait_until(first_page_stored, 60, "the first page of the feed stored")
-    victim.kill()
-    cursor = await flow.db.fetchval("SELECT cursor FROM poller_cursors")
-    assert cursor in ("100", "200"), "the kill was meant to land mid-feed"
-
-    flow.launch_consumer(1, **polling(simulator))
-    await all_active(flow, markets, within=120)
-    await applied_once(flow, events)
+        flow.launch_consumer(1, **polling(successors_feed.url))
+        await all_active(flow, markets, within=120)
+        await applied_once(flow, events)
+        # The successor resumed at the stored cursor and never asked for the pages
+        # before it.
+        resumed = successors_feed.requested()
+        assert resumed[0] == cursor, resumed
+        assert all(after is not None and int(after) >= int(cursor) for after in resumed), resumed
