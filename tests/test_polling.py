@@ -9,8 +9,10 @@ from typing import Any
 
 import httpx
 
+from tests.support.feed_recorder import FeedRecorder
 from tests.support.flow import Flow
 from tests.support.outbox import wait_until
+from tests.support.processes import ManagedProcess
 from tests.test_webhook import SECRET, WEBHOOK
 
 API_KEY = "test-epc-key"
@@ -103,8 +105,30 @@ async def test_the_webhook_alone_activates_the_market(flow: Flow) -> None:
     await applied_once(flow, events)
 
 
+async def webhook_took(api: ManagedProcess, events: list[dict[str, Any]]) -> None:
+    """The webhook answered 2xx for each event: `accepted`, or `already_processed` when
+    the feed's copy came first (the API logs each; the poller's copies are not logged
+    there)."""
+
+    async def answered() -> bool:
+        log = api.log_text()
+        return all(f"inbound event {e['event_id']}: " in log for e in events)
+
+    await wait_until(answered, 60, "the webhook to take every decision")
+
+
+async def feed_stored_to(flow: Flow, cursor: str) -> None:
+    """The poller stored the feed's pages up to `cursor`: each event before it went to
+    the intake in the transaction that saved the cursor."""
+
+    async def stored() -> bool:
+        return bool(await flow.db.fetchval("SELECT cursor FROM poller_cursors") == cursor)
+
+    await wait_until(stored, 60, f"the poller to store the feed up to cursor {cursor}")
+
+
 async def test_both_paths_at_once_apply_each_decision_once(flow: Flow) -> None:
-    _, api = flow.start_api()
+    api_process, api = flow.start_api()
     _, simulator = flow.start_simulator(
         EPC_API_KEY=API_KEY, EPC_WEBHOOK_URL=f"{api}{WEBHOOK}", EPC_WEBHOOK_SECRET=SECRET
     )
@@ -116,7 +140,9 @@ async def test_both_paths_at_once_apply_each_decision_once(flow: Flow) -> None:
     events = await approve(simulator, markets)
 
     await all_active(flow, markets)
-    await asyncio.sleep(1)  # several polls: the feed has served every decision again
+    # Every decision arrived both ways, whichever came first: neither path may be dead.
+    await webhook_took(api_process, events)
+    await feed_stored_to(flow, str(len(events)))  # the simulator's cursor: a position
     await applied_once(flow, events)
 
 
@@ -200,17 +226,26 @@ async def test_a_poller_killed_mid_feed_loses_and_doubles_nothing(flow: Flow) ->
     events = await approve(simulator, markets)
     await set_faults(simulator, latency_ms=700)  # time to act between two pages
 
-    victim = flow.launch_consumer(0, **polling(simulator))
+    # Each poller reads the feed through a recorder of its own: what it asked for first
+    # is where it started.
+    with FeedRecorder(simulator) as victims_feed, FeedRecorder(simulator) as successors_feed:
+        victim = flow.launch_consumer(0, **polling(victims_feed.url))
 
-    async def first_page_stored() -> bool:
+        async def first_page_stored() -> bool:
+            cursor = await flow.db.fetchval("SELECT cursor FROM poller_cursors")
+            return cursor is not None
+
+        await wait_until(first_page_stored, 60, "the first page of the feed stored")
+        victim.kill()
         cursor = await flow.db.fetchval("SELECT cursor FROM poller_cursors")
-        return cursor is not None
+        assert cursor in ("100", "200"), "the kill was meant to land mid-feed"
+        assert victims_feed.requested()[0] is None  # a poller with no cursor yet
 
-    await wait_until(first_page_stored, 60, "the first page of the feed stored")
-    victim.kill()
-    cursor = await flow.db.fetchval("SELECT cursor FROM poller_cursors")
-    assert cursor in ("100", "200"), "the kill was meant to land mid-feed"
-
-    flow.launch_consumer(1, **polling(simulator))
-    await all_active(flow, markets, within=120)
-    await applied_once(flow, events)
+        flow.launch_consumer(1, **polling(successors_feed.url))
+        await all_active(flow, markets, within=120)
+        await applied_once(flow, events)
+        # The successor resumed at the stored cursor and never asked for the pages
+        # before it.
+        resumed = successors_feed.requested()
+        assert resumed[0] == cursor, resumed
+        assert all(after is not None and int(after) >= int(cursor) for after in resumed), resumed

@@ -58,12 +58,13 @@ async def test_list_filters_and_pages(repo: ProcessedEventRepository) -> None:
     def ids(events: list) -> list[str]:  # type: ignore[type-arg]
         return [e.event_id for e in events]
 
-    assert set(ids(await repo.list_processed_events())) == {"old", "s-1", "f-1", "k-1"}
+    # Newest first: the three received now in the order recorded, then the one of 3 days ago.
+    assert ids(await repo.list_processed_events()) == ["k-1", "f-1", "s-1", "old"]
     assert ids(await repo.list_processed_events(status=Status.FAILED)) == ["f-1"]
     assert ids(await repo.list_processed_events(event_type="market.suspended")) == ["k-1"]
     assert ids(await repo.list_processed_events(source="other")) == ["f-1"]
     recent = await repo.list_processed_events(since=now - timedelta(hours=1))
-    assert "old" not in ids(recent)
+    assert ids(recent) == ["k-1", "f-1", "s-1"]
     assert ids(await repo.list_processed_events(until=now - timedelta(days=1))) == ["old"]
     first_page = await repo.list_processed_events(limit=2)
     second_page = await repo.list_processed_events(limit=2, offset=2)

@@ -236,10 +236,30 @@ async def test_replay_republishes_retained_rows_of_one_stream(flow: Flow) -> Non
 
 
 async def test_sigterm_finishes_releases_the_lock_and_exits_0(flow: Flow) -> None:
+    total = 50_000
+    await seed_outbox(flow.db, total, markets=100)
     process = flow.launch_relay()
-    process.wait_for_log("leading")
 
-    assert process.stop() == 0
+    async def a_quarter_published() -> bool:
+        return await unpublished(flow.db) < total * 3 // 4
+
+    await wait_until(a_quarter_published, 60, "the relay to drain a quarter of the backlog")
+    assert process.stop() == 0, process.log_tail()
+    left = await unpublished(flow.db)
+    assert 0 < left < total, "the stop was meant to land mid-drain"
+
+    # The batch in hand when the signal came was finished: every batch on the stream is
+    # marked published, every row marked published is on the stream, each once.
+    entries = [int(fields["outbox_id"]) for fields in await read_stream(flow.stream, STREAM)]
+    on_stream = set(entries)
+    published = {
+        row["id"]
+        for row in await flow.db.fetch("SELECT id FROM outbox WHERE published_at IS NOT NULL")
+    }
+    unmarked, absent = sorted(on_stream - published), sorted(published - on_stream)
+    assert not unmarked, f"{len(unmarked)} rows on the stream left unpublished: {unmarked[:5]}"
+    assert not absent, f"{len(absent)} rows marked published are not on the stream: {absent[:5]}"
+    assert len(entries) == len(on_stream), "a batch was appended twice"
     held = await flow.db.fetchval(
         """
         SELECT count(*) FROM pg_locks
