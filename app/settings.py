@@ -38,6 +38,16 @@ _LIST_FIELDS = frozenset(
 _MAP_FIELDS = frozenset({"stream_maxlen"})
 
 
+# Counts, sizes, intervals and retentions: a zero or a negative value parses but cannot
+# work (a batch size of 0 spins the relay a thousand empty transactions a second while
+# nothing is published; a concurrency of 0 divides by zero in the consumer; a retention
+# of 0 leaves nothing for a refill), so it stops the process at start, naming the variable.
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+AtLeastZero = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+PositiveSeconds = Annotated[float, msgspec.Meta(ge=0.01)]  # a poll loop's pace
+
+
 class ConfigError(RuntimeError):
     """The configuration cannot be used; the message says which variable and why."""
 
@@ -56,16 +66,16 @@ class Uses(enum.Flag):
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     app_env: AppEnv = "production"
     http_host: str = "127.0.0.1"
-    http_port: int = 3000
+    http_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 3000
     database_url: str = "postgresql://postgres@127.0.0.1:5432/marketdb"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    database_pool_min: int = 0  # 0: start even while PostgreSQL is down; /ready says so
-    database_pool_max: int = 10
+    database_pool_min: AtLeastZero = 0  # 0: start even while PostgreSQL is down; /ready says so
+    database_pool_max: AtLeastOne = 10
     log_level: str = "INFO"
     permissions_service_base_url: str | None = None
     permissions_service_api_key: str | None = None
-    permissions_service_timeout_ms: int = 5000
-    permissions_poll_interval_s: float = 10.0
+    permissions_service_timeout_ms: AtLeastOne = 5000
+    permissions_poll_interval_s: PositiveSeconds = 10.0
     webhook_secrets: tuple[str, ...] = ()
     sns_topic_arns: tuple[str, ...] = ()
     admin_token: str | None = None
@@ -73,26 +83,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # The flow's figures on /metrics are read at most this often, however often scraped.
     metrics_refresh_interval_s: Annotated[float, msgspec.Meta(ge=1, le=300)] = 5.0
     sns_verify: bool = True  # false only outside production
-    webhook_rate_limit_per_minute: int = 6000  # per client address, across API workers
+    webhook_rate_limit_per_minute: AtLeastOne = 6000  # per client address, across API workers
     webhook_allowed_cidrs: tuple[str, ...] = ()  # empty: any address
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For is believed
     # The outbox relay.
-    outbox_batch_size: int = 1000  # rows per batch; a batch holds Redis about 4 ms
-    outbox_poll_interval_s: float = 1.0
-    outbox_retention_hours: float = 168.0
-    processed_events_retention_days: float = 30.0
-    idempotency_key_retention_hours: float = 24.0
-    stream_maxlen_default: int = 1_000_000
+    outbox_batch_size: AtLeastOne = 1000  # rows per batch; a batch holds Redis about 4 ms
+    outbox_poll_interval_s: PositiveSeconds = 1.0
+    outbox_retention_hours: Positive = 168.0
+    processed_events_retention_days: Positive = 30.0
+    idempotency_key_retention_hours: Positive = 24.0
+    stream_maxlen_default: AtLeastOne = 1_000_000
     # Per-stream overrides, "stream=length" pairs: "markets:events=5000000".
-    stream_maxlen: dict[str, int] = msgspec.field(default_factory=dict)
+    stream_maxlen: dict[str, AtLeastOne] = msgspec.field(default_factory=dict)
     # The approval consumers.
     consumer_name: str | None = None  # default: "<host>-<CONSUMER_SLOT>"
-    consumer_slot: int = 0
-    consumer_concurrency: int = 16
-    consumer_batch_size: int = 100
-    consumer_block_ms: int = 2000
-    claim_idle_ms: int = 30_000
-    max_deliveries: int = 5
+    consumer_slot: AtLeastZero = 0
+    consumer_concurrency: AtLeastOne = 16
+    consumer_batch_size: AtLeastOne = 100
+    consumer_block_ms: AtLeastOne = 2000  # 0 would be BLOCK 0: wait forever
+    claim_idle_ms: AtLeastOne = 30_000
+    max_deliveries: AtLeastOne = 5
 
     @property
     def is_production(self) -> bool:

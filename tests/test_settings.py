@@ -370,3 +370,56 @@ def test_a_value_that_cannot_be_read_stops_the_api_naming_it_without_a_traceback
     )
     assert started.returncode != 0
     assert "HTTP_PORT" in started.stderr and "Traceback" not in started.stderr
+
+
+# Each of these parses as a number but cannot work: the relay would spin empty
+# transactions while publishing nothing, the consumer divide by zero, a refill find
+# nothing to send again, a stream be trimmed to nothing, Redis block forever.
+UNWORKABLE_VALUES = [
+    ("OUTBOX_BATCH_SIZE", "0"),
+    ("OUTBOX_POLL_INTERVAL_S", "0"),
+    ("CONSUMER_CONCURRENCY", "0"),
+    ("CONSUMER_BATCH_SIZE", "-1"),
+    ("CONSUMER_BLOCK_MS", "0"),
+    ("CLAIM_IDLE_MS", "0"),
+    ("MAX_DELIVERIES", "0"),
+    ("DATABASE_POOL_MAX", "0"),
+    ("DATABASE_POOL_MIN", "-1"),
+    ("CONSUMER_SLOT", "-1"),
+    ("PERMISSIONS_POLL_INTERVAL_S", "0"),
+    ("PERMISSIONS_SERVICE_TIMEOUT_MS", "0"),
+    ("WEBHOOK_RATE_LIMIT_PER_MINUTE", "0"),
+    ("OUTBOX_RETENTION_HOURS", "0"),
+    ("PROCESSED_EVENTS_RETENTION_DAYS", "-1"),
+    ("IDEMPOTENCY_KEY_RETENTION_HOURS", "0"),
+    ("STREAM_MAXLEN_DEFAULT", "0"),
+    ("STREAM_MAXLEN", "markets:events=0"),
+    ("HTTP_PORT", "65536"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value"), UNWORKABLE_VALUES)
+def test_a_count_or_interval_that_cannot_work_is_refused_naming_the_variable(
+    variable: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"invalid configuration: {variable}: "):
+        load_settings({variable: value}, dotenv=None)
+
+
+def test_a_relay_with_a_batch_size_of_zero_refuses_to_start_rather_than_spin(
+    log_dir: Path,
+) -> None:
+    relay = ManagedProcess(
+        "relay-batch-size-0", ["-m", "relay"], service_env(OUTBOX_BATCH_SIZE="0"), log_dir
+    )
+
+    try:
+        exited = relay.process.wait(60)
+    except subprocess.TimeoutExpired:
+        exited = None  # still running: it took the value
+    finally:
+        relay.stop()  # a relay left running would hold the lock for the tests after
+    assert exited == 1, relay.log_tail()
+    log = relay.log_text()
+    assert "OUTBOX_BATCH_SIZE" in log and "Traceback" not in log
+    assert "leading: publishing" not in log

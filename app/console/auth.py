@@ -17,6 +17,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromQuery
 from litestar.response import Template
 
 from app.console.session import (
@@ -140,7 +141,9 @@ class SignInController(Controller):
     include_in_schema = False
 
     @get("/sign-in")
-    async def form(self, request: Request[Any, Any, Any], next: str | None = None) -> Template:
+    async def form(
+        self, request: Request[Any, Any, Any], next: FromQuery[str | None] = None
+    ) -> Template:
         return self._form(request, next, error=None, status_code=200)
 
     def _form(

@@ -18,6 +18,7 @@ import redis.asyncio as redis
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
 from app.admin import figures
@@ -206,9 +207,9 @@ class ConsolePages(Controller):
         *,
         request: Request[Any, Any, Any],
         uow: NamedDependency[UnitOfWork],
-        status: str | None = None,
-        q: str | None = None,
-        before: str | None = None,
+        status: FromQuery[str | None] = None,
+        q: FromQuery[str | None] = None,
+        before: FromQuery[str | None] = None,
     ) -> Template:
         chosen = _choice("status", status, MarketStatus)
         search = " ".join((q or "").split())
@@ -265,7 +266,7 @@ class ConsolePages(Controller):
         request: Request[Any, Any, Any],
         uow: NamedDependency[UnitOfWork],
         redis_client: NamedDependency[redis.Redis],
-        market_id: str,
+        market_id: FromPath[str],
     ) -> Template:
         values = await self._market(uow, redis_client, market_id)
         return page("console/market.html", **_context(request, "markets", **values))
@@ -277,7 +278,7 @@ class ConsolePages(Controller):
         request: Request[Any, Any, Any],
         uow: NamedDependency[UnitOfWork],
         redis_client: NamedDependency[redis.Redis],
-        market_id: str,
+        market_id: FromPath[str],
     ) -> Template:
         values = await self._market(uow, redis_client, market_id)
         return page("console/_market_life.html", **_context(request, "markets", **values))
@@ -290,10 +291,10 @@ class ConsolePages(Controller):
         *,
         request: Request[Any, Any, Any],
         uow: NamedDependency[UnitOfWork],
-        status: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        before: str | None = None,
+        status: FromQuery[str | None] = None,
+        since: FromQuery[str | None] = None,
+        until: FromQuery[str | None] = None,
+        before: FromQuery[str | None] = None,
     ) -> Template:
         chosen = EventFilter(
             status=_choice("status", status, Status),
@@ -324,8 +325,8 @@ class ConsolePages(Controller):
         *,
         request: Request[Any, Any, Any],
         uow: NamedDependency[UnitOfWork],
-        id: str | None = None,
-        replayed: str | None = None,
+        id: FromQuery[str | None] = None,
+        replayed: FromQuery[str | None] = None,
     ) -> Template:
         event_id = _event_id(id)
         async with uow:
@@ -373,7 +374,7 @@ class ConsolePages(Controller):
         self,
         request: Request[Any, Any, Any],
         uow: NamedDependency[UnitOfWork],
-        since: str | None = None,
+        since: FromQuery[str | None] = None,
     ) -> Template:
         moment = _time("since", since)
         if moment is None:
@@ -432,8 +433,8 @@ class ConsolePages(Controller):
         uow: NamedDependency[UnitOfWork],
         redis_client: NamedDependency[redis.Redis],
         flow_monitor: NamedDependency[FlowMonitor],
-        name: str | None = None,
-        before: str | None = None,
+        name: FromQuery[str | None] = None,
+        before: FromQuery[str | None] = None,
     ) -> Template:
         stream = _stream(name or STREAMS[0])
         if before is not None and not _is_entry_id(before):
@@ -468,7 +469,7 @@ class ConsolePages(Controller):
         request: Request[Any, Any, Any],
         uow: NamedDependency[UnitOfWork],
         flow_monitor: NamedDependency[FlowMonitor],
-        after: str | None = None,
+        after: FromQuery[str | None] = None,
     ) -> Template:
         async with uow:
             rows, next_after = await reads.unpublished(uow.connection, _int("after", after))
@@ -492,8 +493,8 @@ class ConsolePages(Controller):
         *,
         request: Request[Any, Any, Any],
         uow: NamedDependency[UnitOfWork],
-        since: str | None = None,
-        stream: str | None = None,
+        since: FromQuery[str | None] = None,
+        stream: FromQuery[str | None] = None,
     ) -> Template:
         moment = _time("since", since)
         if moment is None:
@@ -536,7 +537,7 @@ class ConsolePages(Controller):
         self,
         request: Request[Any, Any, Any],
         uow: NamedDependency[UnitOfWork],
-        before: str | None = None,
+        before: FromQuery[str | None] = None,
     ) -> Template:
         async with uow:
             items, next_before = await reads.replay_audit(
