@@ -95,7 +95,12 @@ class EventFeed:
         self._timeout_ms = settings.permissions_service_timeout_ms
         self._client = httpx.AsyncClient(
             base_url=settings.permissions_service_base_url,
-            headers={"X-API-Key": settings.permissions_service_api_key or ""},
+            # Uncompressed pages only: the size limit counts bytes off the wire, so a
+            # compressed page cannot expand past it in memory (a decompression bomb).
+            headers={
+                "X-API-Key": settings.permissions_service_api_key or "",
+                "Accept-Encoding": "identity",
+            },
             timeout=self._timeout_ms / 1000,
             transport=transport,
         )
@@ -154,13 +159,17 @@ def decode_page(body: bytes) -> FeedPage:
 
 
 async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
-    """The body (decompressed), refused as soon as it is over `limit` bytes."""
+    """The body as sent, refused as soon as it is over `limit` bytes; never decompressed,
+    so what is counted is what would be held (a compressed page is refused)."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise FeedUnavailable(f"a page with Content-Encoding {encoding!r}; asked for identity")
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise FeedUnavailable(f"a page of {declared} bytes, over the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > limit:
             raise FeedUnavailable(f"a page over the {limit}-byte limit")

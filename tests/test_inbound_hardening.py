@@ -5,6 +5,7 @@ reused with other content, and a feed whose cursor does not advance."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import threading
@@ -20,8 +21,16 @@ import httpx
 import pytest
 
 from app.json_limits import TOO_DEEP_MARKER
+from app.settings import load_settings
 from relay.leadership import lock_key
-from relay.poller import LOCK_NAME, PAGE_SIZE, FeedUnavailable, decode_page
+from relay.poller import (
+    LOCK_NAME,
+    MAX_PAGE_BYTES,
+    PAGE_SIZE,
+    EventFeed,
+    FeedUnavailable,
+    decode_page,
+)
 from tests.conftest import DATABASE_URL
 from tests.support.flow import Flow, decision_event
 from tests.support.outbox import wait_until
@@ -299,9 +308,17 @@ class FeedServer:
     """An Entity Permissions feed of the test's own: `page(after)` answers each request,
     and every request is counted."""
 
-    def __init__(self, page: Callable[[str | None], dict[str, Any]], delay_s: float = 0) -> None:
+    def __init__(
+        self,
+        page: Callable[[str | None], dict[str, Any]],
+        delay_s: float = 0,
+        *,
+        gzipped: bool = False,
+    ) -> None:
+        """`gzipped`: every answer gzip-compressed, whatever the request accepted."""
         self.page = page
         self.requests = 0
+        self.accepted_encodings: list[str | None] = []
         self._lock = threading.Lock()
         feed = self
 
@@ -309,10 +326,14 @@ class FeedServer:
             def do_GET(self) -> None:
                 with feed._lock:
                     feed.requests += 1
+                    feed.accepted_encodings.append(self.headers.get("accept-encoding"))
                 threading.Event().wait(delay_s)
                 after = parse_qs(urlsplit(self.path).query).get("after", [None])[0]
                 body = json.dumps(feed.page(after)).encode()
                 self.send_response(200)
+                if gzipped:
+                    body = gzip.compress(body)
+                    self.send_header("content-encoding", "gzip")
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
@@ -629,3 +650,21 @@ async def test_an_entry_with_nul_and_text_that_reads_as_one_holds_up_no_consumer
     [row] = await wait_unreadable(flow, 1)
     assert "\\u0000" in json.dumps(json.loads(row["payload"]))
     assert_alive(consumer)
+
+
+async def test_a_compressed_feed_page_is_refused_not_inflated_in_memory() -> None:
+    """A page sent gzip-compressed (a few KiB on the wire) could inflate to many times the
+    page limit inside the HTTP client before any byte is counted: the poller asks for
+    uncompressed pages and refuses one that comes compressed anyway."""
+    padding = " " * (MAX_PAGE_BYTES // 2)  # well under the limit: inflating it would pass
+    feed = FeedServer(lambda _: {"events": [], "next_cursor": None, "pad": padding}, gzipped=True)
+    settings = load_settings(
+        {"APP_ENV": "test", "PERMISSIONS_SERVICE_BASE_URL": feed.url}, dotenv=None
+    )
+    client = EventFeed(settings)
+    try:
+        with feed.running(), pytest.raises(FeedUnavailable, match="Content-Encoding 'gzip'"):
+            await client.page(None)
+    finally:
+        await client.close()
+    assert feed.accepted_encodings == ["identity"]
