@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -194,7 +194,15 @@ def parse_time(field: str, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return msgspec.convert(value, _AwareTime)
+        parsed = msgspec.convert(value, _AwareTime)
     except msgspec.ValidationError as exc:
         reason = f"{value!r} is not an RFC 3339 time: {exc}"
         raise RequestValidationError.single(field, reason) from None
+    try:
+        # Stored and compared in UTC: a time at either end of the calendar whose offset
+        # moves it past year 1 or 9999 cannot be (the database driver would refuse it).
+        parsed.astimezone(UTC)
+    except OverflowError:
+        reason = f"{value!r} is outside the years 0001 to 9999 once in UTC"
+        raise RequestValidationError.single(field, reason) from None
+    return parsed

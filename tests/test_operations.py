@@ -281,6 +281,21 @@ async def test_processed_events_are_listed_filtered_and_found(
     assert bad.status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("since", "0001-01-01T00:00:00+01:00"), ("until", "9999-12-31T23:30:00-01:00")],
+)
+async def test_a_time_past_the_calendar_once_in_utc_is_a_400_naming_its_field(
+    admin: httpx.AsyncClient, field: str, value: str
+) -> None:
+    url = "/api/v1/admin/processed-events"
+    answer = await admin.get(url, params={field: value}, headers=ADMIN)
+    assert answer.status_code == 400, answer.text
+    [error] = answer.json()["errors"]
+    assert error["field"] == field, error
+    assert "outside the years 0001 to 9999" in error["reason"], error
+
+
 async def test_replaying_a_dead_lettered_event_applies_it_exactly_once(flow: Flow) -> None:
     flow._env = {**flow._env, "ADMIN_TOKEN": TOKEN}
     _, api = flow.start_api()
