@@ -11,6 +11,7 @@ must match the answer the README shows under it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import re
@@ -18,10 +19,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,7 @@ READY_BLOCK = "<!-- quickstart: ready block"
 FENCE = re.compile(r"^```(?P<lang>[a-z]*)\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL)
 API = "http://127.0.0.1:3000"
 SIMULATOR = "http://127.0.0.1:8000"
+PORTS_LOCK = Path(tempfile.gettempdir()) / "market-backend-readme-ports.lock"
 READY = "-- run: ready (development) "
 TOKEN = re.compile(r"ADMIN_TOKEN=(?P<token>\S+)")
 UNSIGNED_WARNING = "unsigned webhook accepted: development, loopback only"
@@ -193,7 +196,19 @@ class MakeRun:
 
 
 @pytest.fixture(scope="module")
-async def make_run(log_dir: Path) -> AsyncIterator[MakeRun]:
+def readme_ports() -> Iterator[None]:
+    """The README's ports are the machine's, not a test run's: two runs of the suite at
+    once (as when it is run beside another checkout's) take turns here instead of failing."""
+    with PORTS_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="module")
+async def make_run(readme_ports: None, log_dir: Path) -> AsyncIterator[MakeRun]:
     busy = [port for port in (3000, 8000) if not port_is_free(port)]
     if busy:
         pytest.fail(
