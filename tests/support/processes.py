@@ -116,5 +116,9 @@ def start_api(env: dict[str, str], log_dir: Path, name: str = "api") -> tuple[Ma
     port = free_port()
     process = ManagedProcess(name, ["-m", "app"], {**env, "HTTP_PORT": str(port)}, log_dir)
     base_url = f"http://127.0.0.1:{port}"
-    process.wait_http_ok(f"{base_url}/health")
+    try:
+        process.wait_http_ok(f"{base_url}/health")
+    except BaseException:
+        process.kill()  # the caller never gets it to stop: it would outlive the suite
+        raise
     return process, base_url

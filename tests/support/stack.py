@@ -122,10 +122,9 @@ class Stack:
         return tuple(self._commands)
 
     def start(self, name: str) -> ManagedProcess:
-        """Start `name` and wait until it is ready (it appends to the same log each time)."""
+        """Start `name` and wait until it is ready (it appends to the same log each time;
+        a process reads only its own part of it)."""
         command = self._commands[name]
-        log = self.log_dir / f"{name}.log"
-        earlier = log.stat().st_size if log.exists() else 0
         process = ManagedProcess(
             name, command.args, {**self._env, **command.env}, self.log_dir, command.wrapper
         )
@@ -135,7 +134,7 @@ class Stack:
         elif name == "epc":
             process.wait_http_ok(f"{self.epc_url}/health")
         else:
-            process.wait_for_log(READY_LINES[name], after=earlier)
+            process.wait_for_log(READY_LINES[name])
         return process
 
     def start_all(self) -> None:
