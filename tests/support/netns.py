@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
 
@@ -26,6 +27,18 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
+def _unused_subnet() -> int:
+    """A 10.213.<n>.0/30 no interface on this host has: two test runs at once (the suite
+    beside another checkout's) must not route each other's namespaces."""
+    shown = subprocess.run(
+        ["ip", "-o", "-4", "addr"], check=True, capture_output=True, text=True
+    ).stdout
+    taken = {int(n) for n in re.findall(r"inet 10\.213\.(\d+)\.", shown)}
+    free = [n for n in range(256) if n not in taken]
+    assert free, "every 10.213.<n>.0/30 is in use"
+    return random.choice(free)
+
+
 class IsolatedHost:
     """Namespace `mb<n>`; this side of the link is `host_address`, the other `address`."""
 
@@ -34,7 +47,7 @@ class IsolatedHost:
         self.namespace = f"mb{tag}"
         self._outside = f"mbh{tag}"  # interface names: at most 15 characters
         self._inside = f"mbn{tag}"
-        subnet = random.randrange(256)
+        subnet = _unused_subnet()
         self.host_address = f"10.213.{subnet}.1"
         self.address = f"10.213.{subnet}.2"
         self.network = f"10.213.{subnet}.0/30"
