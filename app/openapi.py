@@ -30,9 +30,9 @@ from litestar.openapi.spec import (
 )
 from litestar.typing import FieldDefinition
 
-from app.approvals.domain import DECISION_OF_EVENT
 from app.errors import ErrorBody
 from app.inbound.events import DecisionContext, DecisionPayload, InboundEvent
+from app.markets.events import DECISION_OF_EVENT
 from app.webhooks.sns import SnsMessage
 
 COMPONENTS_REF = "#/components/schemas/{name}"
