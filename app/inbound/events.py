@@ -10,9 +10,10 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
+from app.app_error import FieldError
 from app.json_limits import MAX_NESTING, NestingTooDeep, holds_marker, within
 from app.markets.events import AGGREGATE_TYPE, DECISION_OF_EVENT
-from app.validation import FieldError, RequestValidationError, convert_object
+from app.validation import RequestValidationError, convert_object
 from outbox import EventEnvelope, new_event
 
 T = TypeVar("T", bound=msgspec.Struct)
