@@ -61,6 +61,10 @@ run: migrate ## the whole service in one command (API, relay, consumer, simulato
 test: services ## the test suite against real PostgreSQL and Redis
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+.PHONY: test-unit
+test-unit: ## the fast tier alone: pure domain rules, no database, Redis or process
+	$(PY) -m pytest tests/unit --confcutdir=tests/unit $(PYTEST_ARGS)
+
 soak: services ## the whole service under steady load for MINUTES (default 10): RSS and table sizes over time, then every event counted
 	MINUTES=$(MINUTES) $(PY) -m scripts.soak
 

@@ -1,4 +1,8 @@
-"""One error body for every 4xx and 5xx: status, detail, and the fields at fault."""
+"""One error body for every 4xx and 5xx: status, detail, and the fields at fault.
+
+Features raise subclasses of app.app_error.AppError and are answered by one handler
+here; this module knows no feature.
+"""
 
 from __future__ import annotations
 
@@ -11,33 +15,18 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
-    HTTP_401_UNAUTHORIZED,
-    HTTP_404_NOT_FOUND,
     HTTP_405_METHOD_NOT_ALLOWED,
-    HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-    HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from litestar.types import ExceptionHandlersMap
 from litestar.typing import FieldDefinition
 
-from app.admin.replay import StillUnreadable
+from app.app_error import AppError, FieldError
 from app.db import UNAVAILABLE_ERRORS
-from app.idempotency import IdempotencyConflict
-from app.inbound.intake import EventConflict
-from app.markets.service import MarketNotFound
-from app.media_types import CONTENT_TYPE, UnsupportedMediaType, accepted_by
-from app.validation import (
-    FieldError,
-    RequestValidationError,
-    allowed_values,
-    decode_body,
-    not_one_of,
-)
-from app.webhooks.standard import SignatureError
+from app.media_types import CONTENT_TYPE, accepted_by
+from app.validation import allowed_values, decode_body, not_one_of
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +71,9 @@ async def validate_request_body(request: AnyRequest) -> None:
     decode_body(await request.body(), data_field.annotation)
 
 
-def _invalid(_: AnyRequest, exc: RequestValidationError) -> Response[ErrorBody]:
-    return error_response(HTTP_400_BAD_REQUEST, "Invalid request", exc.errors)
-
-
-def _unsupported_media_type(_: AnyRequest, exc: UnsupportedMediaType) -> Response[ErrorBody]:
-    return error_response(HTTP_415_UNSUPPORTED_MEDIA_TYPE, exc.detail, exc.errors)
+def _app_error(_: AnyRequest, exc: AppError) -> Response[ErrorBody]:
+    """Every feature's refusal: the subclass says its status, detail and fields."""
+    return error_response(exc.status_code, exc.detail, exc.errors, headers=exc.headers)
 
 
 def _litestar_invalid(request: AnyRequest, exc: ValidationException) -> Response[ErrorBody]:
@@ -121,32 +107,6 @@ def _wire_name(field: FieldDefinition | None, parameter: str) -> str:
     return parameter or "request"
 
 
-def _not_found(_: AnyRequest, exc: MarketNotFound) -> Response[ErrorBody]:
-    return error_response(HTTP_404_NOT_FOUND, str(exc), [FieldError("id", "no market has this id")])
-
-
-def _conflict(_: AnyRequest, exc: IdempotencyConflict) -> Response[ErrorBody]:
-    return error_response(
-        HTTP_409_CONFLICT,
-        str(exc),
-        [FieldError("Idempotency-Key", "already used with a different request body")],
-    )
-
-
-def _event_conflict(_: AnyRequest, exc: EventConflict) -> Response[ErrorBody]:
-    """Another event under an event_id already received: the sender must hear of it."""
-    reason = "differs from the copy already received under this event_id"
-    return error_response(
-        HTTP_409_CONFLICT,
-        str(exc),
-        [FieldError(field, reason) for field in exc.conflict.differing],
-    )
-
-
-def _still_unreadable(_: AnyRequest, exc: StillUnreadable) -> Response[ErrorBody]:
-    return error_response(HTTP_422_UNPROCESSABLE_ENTITY, str(exc), exc.errors)
-
-
 def _http_error(request: AnyRequest, exc: HTTPException) -> Response[ErrorBody]:
     if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
         limit = request.route_handler.resolve_request_max_body_size()
@@ -159,12 +119,6 @@ def _http_error(request: AnyRequest, exc: HTTPException) -> Response[ErrorBody]:
     if exc.status_code == HTTP_405_METHOD_NOT_ALLOWED:
         errors = [FieldError("method", f"{request.method} is not allowed on {request.url.path}")]
     return error_response(exc.status_code, exc.detail, errors, headers=exc.headers)
-
-
-def _unauthorized(_: AnyRequest, exc: SignatureError) -> Response[ErrorBody]:
-    return error_response(
-        HTTP_401_UNAUTHORIZED, "Signature verification failed", [FieldError("signature", str(exc))]
-    )
 
 
 def _database_unavailable(request: AnyRequest, exc: Exception) -> Response[ErrorBody]:
@@ -194,15 +148,9 @@ def _unexpected(request: AnyRequest, exc: Exception) -> Response[ErrorBody]:
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    RequestValidationError: _invalid,
-    UnsupportedMediaType: _unsupported_media_type,
+    AppError: _app_error,
     ValidationException: _litestar_invalid,
-    MarketNotFound: _not_found,
-    IdempotencyConflict: _conflict,
-    EventConflict: _event_conflict,
-    StillUnreadable: _still_unreadable,
     HTTPException: _http_error,
-    SignatureError: _unauthorized,
     **{error: _database_unavailable for error in UNAVAILABLE_ERRORS},
     asyncpg.DataError: _refused_value,
     Exception: _unexpected,

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
 
+from app.app_error import AppError, FieldError
 from outbox.writer import Connection
 
 
-class IdempotencyConflict(Exception):
+class IdempotencyConflict(AppError):
     """The key was first used with a different request."""
 
+    status_code = HTTPStatus.CONFLICT.value
+
     def __init__(self, key: str) -> None:
-        super().__init__(f"Idempotency-Key {key!r} was already used with a different request")
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used with a different request",
+            errors=[FieldError("Idempotency-Key", "already used with a different request body")],
+        )
         self.key = key
 
 

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from app.admin.controller import AdminController
+from app.admin.controller import ADMIN_COMPONENTS, AdminController
 from app.api_docs import DOCS_PATH, OfflineSwagger
 from app.console.auth import SIGN_IN_PER_MINUTE, ConsoleAccess
 from app.console.pages import ConsoleFigures
@@ -24,7 +24,7 @@ from app.logging import address_of, configure_logging
 from app.markets.controller import MarketController
 from app.monitoring.flow import FlowMonitor
 from app.monitoring.metrics import FLOW, HTTP_METRICS, MetricsController
-from app.openapi import ADMIN_COMPONENTS, ExactStructSchemaPlugin
+from app.openapi import ExactStructSchemaPlugin
 from app.process import secrets_used_by
 from app.redis_client import connect_redis
 from app.settings import Settings, get_settings
@@ -113,7 +113,8 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             version="0.1.0",
             description="Market registration with asynchronous approval by Entity Permissions Core",
             path=DOCS_PATH,
-            components=ADMIN_COMPONENTS,
+            # Each feature brings the components its operations refer to.
+            components=[ADMIN_COMPONENTS],
             render_plugins=[OfflineSwagger()],
         ),
         logging_config=None,  # app.logging owns the handlers

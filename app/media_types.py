@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Final
 
-from app.validation import FieldError
+from app.app_error import AppError, FieldError
 
 ACCEPTS_OPT: Final = "accepts"
 CONTENT_TYPE: Final = "Content-Type"
@@ -23,13 +24,15 @@ _UTF8: Final = frozenset({"utf-8", "utf8"})
 _SHOWN: Final = 64  # characters of a refused value repeated in the answer
 
 
-class UnsupportedMediaType(Exception):
+class UnsupportedMediaType(AppError):
     """Answered 415: `detail` names the accepted types, `errors` what was wrong."""
 
+    status_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE.value
+
     def __init__(self, detail: str, reason: str) -> None:
-        super().__init__(f"{detail}: {reason}")
-        self.detail = detail
-        self.errors = [FieldError(CONTENT_TYPE, reason)]
+        super().__init__(
+            f"{detail}: {reason}", detail=detail, errors=[FieldError(CONTENT_TYPE, reason)]
+        )
 
 
 @dataclass(frozen=True)

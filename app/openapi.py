@@ -1,9 +1,10 @@
-"""The OpenAPI document, as exact as the decoders behind it.
+"""The OpenAPI document, as exact as the decoders behind it: the pieces every feature uses.
 
 Litestar derives it from the handlers. Where that is looser than what msgspec accepts
 (unknown fields refused, constraints on the members of a union) or cannot see the body
 at all (the webhook reads raw bytes, to check signatures first), the schema is msgspec's
-own, taken from the types that decode the request.
+own, taken from the types that decode the request. Features describe what is their own
+(the webhook's body, admin's security scheme) beside their controllers, with these pieces.
 """
 
 from __future__ import annotations
@@ -14,29 +15,18 @@ from typing import Any
 
 import msgspec
 
-# Litestar's own struct plugin, extended rather than rewritten (it is not re-exported).
+# Litestar's own struct plugin, extended rather than rewritten: Litestar exports no
+# public hook for a struct's schema, and rewriting this one would drift from the schemas
+# Litestar writes for everything else. Private, so pinned: tests/test_openapi_pins.py
+# fails, naming this import, when a Litestar upgrade moves or changes it.
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import (
-    Components,
-    OpenAPIMediaType,
-    OpenAPIType,
-    Operation,
-    Parameter,
-    Reference,
-    RequestBody,
-    Schema,
-    SecurityScheme,
-)
+from litestar.openapi.spec import Reference, Schema
 from litestar.typing import FieldDefinition
 
-from app.approvals.domain import DECISION_OF_EVENT
 from app.errors import ErrorBody
-from app.inbound.events import DecisionContext, DecisionPayload, InboundEvent
-from app.webhooks.sns import SnsMessage
 
 COMPONENTS_REF = "#/components/schemas/{name}"
-ADMIN_SECURITY = "AdminToken"
 
 ERROR_DESCRIPTIONS = {
     400: "Malformed or invalid request; every wrong field is listed",
@@ -95,7 +85,7 @@ def _refers(document: Any) -> bool:
     return isinstance(document, list) and any(_refers(value) for value in document)
 
 
-def _components(*types: type) -> dict[str, dict[str, Any]]:
+def json_schema_components(*types: type) -> dict[str, dict[str, Any]]:
     _, components = msgspec.json.schema_components(types, ref_template=COMPONENTS_REF)
     return components
 
@@ -110,7 +100,7 @@ class ExactStructSchemaPlugin(StructSchemaPlugin):
     def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
         schema = super().to_openapi_schema(field_definition, schema_creator)
         struct: type[msgspec.Struct] = field_definition.type_
-        exact = _components(struct)[struct.__name__]
+        exact = json_schema_components(struct)[struct.__name__]
         if struct.__struct_config__.forbid_unknown_fields:
             schema.additional_properties = False
         for name, member in exact.get("properties", {}).items():
@@ -118,92 +108,3 @@ class ExactStructSchemaPlugin(StructSchemaPlugin):
                 assert schema.properties is not None
                 schema.properties[name] = from_json_schema(member)
         return schema
-
-
-ADMIN_COMPONENTS = Components(
-    security_schemes={
-        ADMIN_SECURITY: SecurityScheme(
-            type="http", scheme="bearer", description="Authorization: Bearer <ADMIN_TOKEN>"
-        )
-    }
-)
-
-
-def webhook_body() -> Schema:
-    """The direct event, exact for decisions, or the SNS envelope.
-
-    msgspec describes InboundEvent's payload and context as any objects; read_event
-    further requires, for market.approved and market.rejected, a DecisionPayload agreeing
-    with the event type and a DecisionContext (so a context, which is otherwise optional).
-    """
-    schemas = _components(InboundEvent, DecisionPayload, DecisionContext, SnsMessage)
-    event, payload = schemas["InboundEvent"], schemas["DecisionPayload"]
-    decisions = [
-        {
-            "allOf": [
-                event,
-                {
-                    "properties": {
-                        "event_type": {"const": event_type},
-                        "payload": {
-                            "allOf": [payload, {"properties": {"decision": {"const": decision}}}]
-                        },
-                        "context": schemas["DecisionContext"],
-                    },
-                    "required": ["context"],
-                },
-            ]
-        }
-        for event_type, decision in DECISION_OF_EVENT.items()
-    ]
-    other_types = {"properties": {"event_type": {"not": {"enum": list(DECISION_OF_EVENT)}}}}
-    documents: list[dict[str, Any]] = [
-        *decisions,
-        {"allOf": [event, other_types]},
-        schemas["SnsMessage"],
-    ]
-    return Schema(one_of=[from_json_schema(document) for document in documents])
-
-
-# The headers the webhook reads from the request itself, documented (so that clients,
-# and schemathesis, see them) but not declared as handler parameters: Litestar would
-# then validate or coerce them before the signature is checked on the raw values.
-WEBHOOK_HEADERS = {
-    "webhook-id": "Standard Webhooks: the message id, printable ASCII; signed with the body.",
-    "webhook-timestamp": "Standard Webhooks: Unix time in seconds, 1 to 15 digits, within "
-    "5 minutes of ours.",
-    "webhook-signature": "Standard Webhooks: space-separated `v1,<base64>` HMAC-SHA256 "
-    "signatures of `id.timestamp.body`, one per secret the sender holds.",
-    "x-amz-sns-message-type": "Set by Amazon SNS (Notification, SubscriptionConfirmation, "
-    "UnsubscribeConfirmation). Informational: the body decides, an object with SNS's Type "
-    "field being an SNS envelope.",
-    "x-forwarded-for": "Believed only from TRUSTED_PROXIES: every line, in order, read "
-    "right to left; hops written `ip`, `ip:port` or `[ipv6]:port`.",
-}
-
-
-@dataclasses.dataclass
-class WebhookOperation(Operation):
-    """The webhook's operation, with the body and headers it reads itself documented."""
-
-    def __post_init__(self) -> None:
-        self.parameters = [
-            *(self.parameters or []),
-            *(
-                Parameter(
-                    name=name,
-                    param_in="header",
-                    required=False,
-                    schema=Schema(type=OpenAPIType.STRING),
-                    description=description,
-                )
-                for name, description in WEBHOOK_HEADERS.items()
-            ),
-        ]
-        # Inline: Litestar rebuilds components/schemas from the types it has seen itself.
-        self.request_body = RequestBody(
-            content={"application/json": OpenAPIMediaType(schema=webhook_body())},
-            required=True,
-            description="An Entity Permissions event, or an SNS envelope carrying one in "
-            "Message; SNS posts it as text/plain, which is accepted too.",
-        )

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from app import json_limits
+from app.app_error import AppError, FieldError
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -23,17 +24,15 @@ _SHOWN = 64  # characters of a refused value repeated in an answer
 _KINDS = {dict: "an object", list: "an array", int: "a number", float: "a number"}
 
 
-class FieldError(msgspec.Struct, frozen=True):
-    field: str
-    reason: str
-
-
-class RequestValidationError(Exception):
+class RequestValidationError(AppError):
     """One or more fields of a request are wrong; answered with 400 and the list."""
 
     def __init__(self, errors: list[FieldError]) -> None:
-        super().__init__("; ".join(f"{e.field}: {e.reason}" for e in errors))
-        self.errors = errors
+        super().__init__(
+            "; ".join(f"{e.field}: {e.reason}" for e in errors),
+            detail="Invalid request",
+            errors=errors,
+        )
 
     @classmethod
     def single(cls, field: str, reason: str) -> RequestValidationError:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from app.json_limits import MAX_NESTING
-from app.openapi import WEBHOOK_HEADERS
+from app.webhooks.openapi import WEBHOOK_HEADERS
 from tests.conftest import service_env
 from tests.support.api_fuzz import fuzz
 from tests.support.processes import start_api

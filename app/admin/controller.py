@@ -16,6 +16,7 @@ from litestar.exceptions import (
     PermissionDeniedException,
 )
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import PathParameter, QueryParameter
 
 from app.admin import figures
@@ -23,7 +24,7 @@ from app.admin.figures import Alert, Stats
 from app.admin.replay import NotReplayable, UnknownEvent, replay
 from app.approvals.domain import Status
 from app.approvals.processed_events import ProcessedEvent
-from app.openapi import ADMIN_SECURITY, error_responses
+from app.openapi import error_responses
 from app.unit_of_work import UnitOfWork
 from app.validation import WITHOUT_NUL, parse_time
 
@@ -60,6 +61,15 @@ class AlertList(msgspec.Struct, frozen=True):
     alerts: list[Alert]
 
 
+ADMIN_SECURITY = "AdminToken"
+# What the admin API adds to the OpenAPI document: the scheme its operations name.
+ADMIN_COMPONENTS = Components(
+    security_schemes={
+        ADMIN_SECURITY: SecurityScheme(
+            type="http", scheme="bearer", description="Authorization: Bearer <ADMIN_TOKEN>"
+        )
+    }
+)
 # Every admin operation can be refused by the guard, or find PostgreSQL down.
 _GUARDED = (401, 403, 503)
 # PostgreSQL's OFFSET is a bigint; a bound well inside it keeps asyncpg from overflowing.

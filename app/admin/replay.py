@@ -15,17 +15,19 @@ recorded nowhere, since otherwise a copy of it has already arrived.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 import asyncpg
 import msgspec
 
+from app.app_error import AppError, FieldError
 from app.approvals.domain import Status
 from app.inbound.events import UnreadableEntry, read_event_json, read_stream_entry
 from app.inbound.intake import enqueue_new
 from app.inbound.unreadable import kept_document, kept_entry_fields
 from app.unit_of_work import UnitOfWork
-from app.validation import FieldError, RequestValidationError
+from app.validation import RequestValidationError
 from outbox import EventEnvelope
 
 _encode = msgspec.json.Encoder().encode
@@ -39,12 +41,15 @@ class UnknownEvent(LookupError):
     pass
 
 
-class StillUnreadable(Exception):
+class StillUnreadable(AppError):
     """The recorded event still cannot be read; `errors` say why."""
 
+    status_code = HTTPStatus.UNPROCESSABLE_ENTITY.value
+
     def __init__(self, event_id: str, errors: list[FieldError]) -> None:
-        super().__init__(f"{event_id} still cannot be read as an event; nothing was replayed")
-        self.errors = errors
+        super().__init__(
+            f"{event_id} still cannot be read as an event; nothing was replayed", errors=errors
+        )
 
 
 async def replay(

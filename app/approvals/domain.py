@@ -13,16 +13,16 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
-from typing import Literal
 
 import msgspec
 
+from app.inbound.events import AcceptedDecisionPayload, contradiction
 from app.markets.domain import Asset, Market, MarketStatus, market_event
-from outbox import EventEnvelope
 
-APPROVED = "market.approved"
-REJECTED = "market.rejected"
-DECISION_OF_EVENT = {APPROVED: "approved", REJECTED: "rejected"}
+# Re-exported: app.monitoring.flow imports it from here.
+from app.markets.events import DECISION_OF_EVENT as DECISION_OF_EVENT  # noqa: PLC0414
+from app.markets.events import Announced
+from outbox import EventEnvelope
 
 
 class Status(enum.StrEnum):
@@ -51,21 +51,6 @@ REFUSED_SKIPS: frozenset[Reason] = frozenset(
 # Events we refused to apply (every `failed` one, and the refused skips), as opposed to
 # events that ask nothing of us.
 REFUSALS: frozenset[Reason] = frozenset(Reason) - {Reason.UNKNOWN_EVENT_TYPE}
-
-
-class DecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
-    """The seed's payload: {market_id, entity_id, decision, reason?}, as the consumer reads it.
-
-    Looser than intake's rule (app.inbound.events, which requires entity_id and
-    context.actor_id) on purpose: decisions accepted before that rule may still wait in
-    the outbox or on the stream, and were answered 200; they are applied as they were
-    accepted (the entity check when entity_id is given, decided_by null without an actor).
-    """
-
-    market_id: uuid.UUID
-    decision: Literal["approved", "rejected"]
-    entity_id: uuid.UUID | None = None
-    reason: str | None = None
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,13 +83,11 @@ def read_decision(envelope: EventEnvelope) -> Decision | None:
     if expected is None:
         return None
     try:
-        payload = msgspec.convert(envelope.payload, DecisionPayload)
+        payload = msgspec.convert(envelope.payload, AcceptedDecisionPayload)
     except msgspec.ValidationError as error:
         raise InvalidDecision(f"invalid payload: {error}") from error
-    if payload.decision != expected:
-        raise InvalidDecision(
-            f"invalid payload: decision {payload.decision!r} contradicts {envelope.event_type}"
-        )
+    if disagreement := contradiction(envelope.event_type, payload.decision):
+        raise InvalidDecision(f"invalid payload: decision {disagreement}")
     actor = envelope.context.get("actor_id")
     return Decision(
         event_id=envelope.event_id,
@@ -154,9 +137,9 @@ def decide(decision: Decision, market: Market, asset: Asset, now: datetime) -> V
     }
     if decision.approved:
         events = [
-            market_event("market.activated", market, now, context, common),
+            market_event(Announced.ACTIVATED, market, now, context, common),
             market_event(
-                "token.deployment_requested",
+                Announced.TOKEN_DEPLOYMENT_REQUESTED,
                 market,
                 now,
                 context,
@@ -173,7 +156,11 @@ def decide(decision: Decision, market: Market, asset: Asset, now: datetime) -> V
     else:
         events = [
             market_event(
-                "market.rejected", market, now, context, {**common, "reason": decision.reason}
+                Announced.REJECTED,
+                market,
+                now,
+                context,
+                {**common, "reason": decision.reason},
             )
         ]
     return Verdict(status=Status.SUCCESS, market=decided, events=events)

@@ -14,6 +14,7 @@ import redis.asyncio as redis
 
 from app.approvals.domain import Status
 from app.markets.domain import Market
+from app.markets.events import Announced
 from app.markets.repository import ApprovalRecord
 from app.redis_client import entries_of
 from outbox import ENTITY_PERMISSIONS_EVENTS
@@ -125,7 +126,7 @@ def timeline(market: Market, rows: list[OutboxRow], approvals: list[ApprovalReco
     """registered -> approval requested -> decided -> applied -> announced, each with
     how long it took after the one before."""
     by_type = {row.event_type: row for row in rows}
-    requested = by_type.get("market.approval_requested")
+    requested = by_type.get(Announced.APPROVAL_REQUESTED)
     steps: list[tuple[str, datetime | None, str]] = [
         ("Registered", market.created_at, "market created, pending_approval"),
         (
@@ -143,7 +144,7 @@ def timeline(market: Market, rows: list[OutboxRow], approvals: list[ApprovalReco
         steps.append(("Decided", None, "waiting for a decision in Entity Permissions Core"))
     else:
         announced = by_type.get(
-            "market.activated" if decision.decision == "approved" else "market.rejected"
+            Announced.ACTIVATED if decision.decision == "approved" else Announced.REJECTED
         )
         steps += [
             (

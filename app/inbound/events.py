@@ -10,10 +10,10 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
-from app.approvals.domain import DECISION_OF_EVENT
-from app.approvals.domain import DecisionPayload as AcceptedPayload
+from app.app_error import FieldError
 from app.json_limits import MAX_NESTING, NestingTooDeep, holds_marker, within
-from app.validation import FieldError, RequestValidationError, convert_object
+from app.markets.events import AGGREGATE_TYPE, DECISION_OF_EVENT
+from app.validation import RequestValidationError, convert_object
 from outbox import EventEnvelope, new_event
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -61,15 +61,37 @@ class InboundEvent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     occurred_at: OccurredAt | None = None
 
 
-class DecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
-    """What market.approved and market.rejected carry, as the seed sends it; more keys
-    are the sender's. entity_id is required so that the consumer can check it is the
-    market's (entity_mismatch) for every decision, not only for those that say it."""
+class AcceptedDecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """What market.approved and market.rejected carry, as the consumer reads it: the rule
+    decisions were first accepted under (entity_id optional, reason unbounded).
+
+    Decisions accepted under it may still wait in the outbox or on the stream, and were
+    answered 200; they are applied as they were accepted (the entity check when entity_id
+    is given, decided_by null without an actor). More keys are the sender's.
+    """
 
     market_id: uuid.UUID
-    entity_id: uuid.UUID
+    entity_id: uuid.UUID | None = None
     decision: Literal["approved", "rejected"]
+    reason: str | None = None
+
+
+class DecisionPayload(AcceptedDecisionPayload, frozen=True, kw_only=True):
+    """What intake requires of a decision today, as the seed sends it: entity_id, so that
+    the consumer can check it is the market's (entity_mismatch) for every decision, and a
+    reason of at most 2,000 characters."""
+
+    entity_id: uuid.UUID
     reason: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+
+
+def contradiction(event_type: str, decision: Any) -> str | None:
+    """Why a decision disagrees with its event type (market.approved saying "rejected");
+    None when it agrees, or when it is not a decision at all (another check names that)."""
+    expected = DECISION_OF_EVENT.get(event_type)
+    if expected is None or decision not in DECISION_OF_EVENT.values() or decision == expected:
+        return None
+    return f"{decision!r} contradicts {event_type}"
 
 
 class DecisionContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,7 +127,7 @@ def read_event(
         event_id=event.event_id,
         event_type=event.event_type,
         source=event.source,
-        aggregate_type="market",
+        aggregate_type=AGGREGATE_TYPE,
         aggregate_id=event.event_id if market_id is None else str(market_id),
         payload=event.payload,
         context=event.context,
@@ -141,23 +163,18 @@ def _read_decision(
     three; a payload or context that is not an object is named by the event's check.
     """
     event_type = document.get("event_type")
-    expected = DECISION_OF_EVENT.get(event_type) if isinstance(event_type, str) else None
-    if expected is None:
+    if not isinstance(event_type, str) or event_type not in DECISION_OF_EVENT:
         return None, []
     market_id: uuid.UUID | None = None
     errors: list[FieldError] = []
     payload = document.get("payload")
     if isinstance(payload, dict):
-        read: AcceptedPayload | DecisionPayload | None
-        if accepted:
-            read, found = _converted(payload, AcceptedPayload)
-        else:
-            read, found = _converted(payload, DecisionPayload)
+        rule = AcceptedDecisionPayload if accepted else DecisionPayload
+        read, found = _converted(payload, rule)
         market_id = None if read is None else read.market_id
         errors += _within("payload", found)
-        given = payload.get("decision")
-        if given in DECISION_OF_EVENT.values() and given != expected:
-            errors.append(FieldError("payload.decision", f"{given!r} contradicts {event_type}"))
+        if disagreement := contradiction(event_type, payload.get("decision")):
+            errors.append(FieldError("payload.decision", disagreement))
     context = document.get("context", {})
     if isinstance(context, dict) and not accepted:
         errors += _within("context", _converted(context, DecisionContext)[1])

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Final, Literal
 
 import msgspec
 
+from app.app_error import AppError, FieldError
 from app.unit_of_work import UnitOfWork
 from outbox import ENTITY_PERMISSIONS_EVENTS, EventEnvelope
 
@@ -72,11 +74,16 @@ class Intake(msgspec.Struct, frozen=True):
     conflicts: list[Conflict]  # the rest are repeats of recorded events
 
 
-class EventConflict(Exception):
-    """The webhook's answer to a conflict: 409, nothing written."""
+class EventConflict(AppError):
+    """The webhook's answer to a conflict: 409, nothing written; the sender must hear of it."""
+
+    status_code = HTTPStatus.CONFLICT.value
 
     def __init__(self, conflict: Conflict) -> None:
-        super().__init__(str(conflict))
+        reason = "differs from the copy already received under this event_id"
+        super().__init__(
+            str(conflict), errors=[FieldError(field, reason) for field in conflict.differing]
+        )
         self.conflict = conflict
 
 

@@ -11,6 +11,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody, PathParameter
 
+from app.app_error import FieldError
 from app.json_limits import MAX_NESTING
 from app.markets import service
 from app.markets.schemas import (
@@ -24,7 +25,7 @@ from app.markets.schemas import (
 from app.media_types import JSON_ONLY
 from app.openapi import error_responses
 from app.unit_of_work import UnitOfWork
-from app.validation import FieldError, RequestValidationError
+from app.validation import RequestValidationError
 
 MAX_REGISTER_BODY = 1024 * 1024
 

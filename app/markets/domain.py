@@ -9,11 +9,11 @@ from typing import Any
 
 import msgspec
 
+from app.markets.events import AGGREGATE_TYPE, Announced
 from outbox import EventEnvelope, new_event
 
 SOURCE = "market_backend"
 SYMBOL_PATTERN = r"^[A-Z0-9]{2,11}$"  # a token symbol: 2-11 upper-case letters or digits
-AGGREGATE_TYPE = "market"
 
 
 class MarketStatus(enum.StrEnum):
@@ -107,9 +107,9 @@ def register_market(
     # Supplies above 2**53 lose precision in many JSON readers: events carry them as text.
     snapshot["asset"]["total_supply"] = str(asset.total_supply)
     events = [
-        market_event("market.registered", market, now, context, snapshot),
+        market_event(Announced.REGISTERED, market, now, context, snapshot),
         market_event(
-            "market.approval_requested",
+            Announced.APPROVAL_REQUESTED,
             market,
             now,
             context,

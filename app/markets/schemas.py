@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from app.app_error import FieldError
 from app.markets.domain import (
     SYMBOL_PATTERN,
     Asset,
@@ -17,7 +18,7 @@ from app.markets.domain import (
     RegisterMarket,
     Registration,
 )
-from app.validation import FieldError, RequestValidationError
+from app.validation import RequestValidationError
 
 # Token contracts hold their supply in an unsigned 256-bit integer.
 MAX_TOTAL_SUPPLY = 2**256 - 1

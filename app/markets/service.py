@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
 
+from app.app_error import AppError, FieldError
 from app.idempotency import StoredResponse, fingerprint
 from app.markets.domain import RegisterMarket, Registration, register_market
 from app.markets.repository import ApprovalRecord
@@ -15,9 +17,13 @@ from app.unit_of_work import UnitOfWork
 from outbox import MARKETS_EVENTS
 
 
-class MarketNotFound(LookupError):
+class MarketNotFound(AppError):
+    status_code = HTTPStatus.NOT_FOUND.value
+
     def __init__(self, market_id: uuid.UUID) -> None:
-        super().__init__(f"market {market_id} not found")
+        super().__init__(
+            f"market {market_id} not found", errors=[FieldError("id", "no market has this id")]
+        )
         self.market_id = market_id
 
 

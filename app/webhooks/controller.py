@@ -18,11 +18,12 @@ from app.inbound.events import read_event
 from app.inbound.intake import Receipt
 from app.json_limits import MAX_NESTING
 from app.media_types import Accepts
-from app.openapi import WebhookOperation, error_responses
+from app.openapi import error_responses
 from app.unit_of_work import UnitOfWork
 from app.validation import convert_object, decode_json
 from app.webhooks import standard
 from app.webhooks.guard import RateLimiter, SourceGuard, from_this_machine
+from app.webhooks.openapi import WebhookOperation
 from app.webhooks.sns import (
     CertificateUnavailable,
     SnsMessage,

@@ -14,6 +14,9 @@ import hmac
 import re
 import time
 from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+
+from app.app_error import AppError, FieldError
 
 TOLERANCE_S = 5 * 60
 PREFIX = "whsec_"
@@ -27,8 +30,17 @@ _UNIX_SECONDS = re.compile(r"[0-9]{1,15}")
 _MESSAGE_ID = re.compile(r"[\x20-\x7e]+")
 
 
-class SignatureError(Exception):
-    """The request is not signed by a holder of one of our secrets."""
+class SignatureError(AppError):
+    """The request is not signed by a holder of one of our secrets; the message says why."""
+
+    status_code = HTTPStatus.UNAUTHORIZED.value
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            reason,
+            detail="Signature verification failed",
+            errors=[FieldError("signature", reason)],
+        )
 
 
 def decode_secret(secret: str) -> bytes:

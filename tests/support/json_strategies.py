@@ -9,9 +9,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from app.approvals.domain import DECISION_OF_EVENT
 from app.json_limits import MAX_NESTING
 from app.markets.domain import AssetType
+from app.markets.events import DECISION_OF_EVENT
 from app.markets.schemas import MAX_TOTAL_SUPPLY
 
 # Text PostgreSQL can store and JSON can carry: no NUL, no lone surrogate.
