@@ -37,19 +37,17 @@ from asyncpg.transaction import Transaction
 
 from app.backoff import Backoff
 from app.db import RETRYABLE_ERRORS, create_pool
+from app.leadership import RELAY_LOCK, Leadership
 from app.process import stop_on_signals
 from app.redis_client import connect_redis
 from app.settings import Settings
-from outbox import NOTIFY_CHANNEL
+from outbox import NOTIFY_CHANNEL, mark_for_republish
 from outbox.streams import TRIMMED_STREAMS, entry_time
-from outbox.writer import Connection
-from relay.leadership import Leadership
 from relay.publisher import GroupLoss, RedisLostData, RelayFenced, StreamLost, StreamPublisher
 from relay.retention import apply_retention
 
 log = logging.getLogger("relay.outbox")
 
-LOCK_NAME: Final = "market-backend:outbox-relay"
 TERM_SEQUENCE: Final = "outbox_relay_terms"
 # The relay's pooled sessions (its batch transactions) are named with this prefix, so
 # that a new leader can end those of an earlier one.
@@ -96,28 +94,6 @@ FROM (SELECT pg_terminate_backend(pid, 5000) AS ended FROM pg_stat_activity
 def batch_session_name() -> str:
     """This process's batch sessions' application_name; unique even if cut to 63 bytes."""
     return f"{BATCH_SESSIONS}{os.getpid()}:{uuid.uuid4().hex[:8]}:{socket.gethostname()}"[:63]
-
-
-async def mark_for_republish(
-    connection: Connection, since: datetime, stream: str | None = None
-) -> int:
-    """Make retained rows created since `since` unpublished again, and wake the relay.
-
-    The relay then publishes them like any other rows, in id order, before anything
-    newer: which is how both `make replay` and the refill of an emptied Redis work.
-    """
-    async with connection.transaction():
-        status = await connection.execute(
-            """
-            UPDATE outbox SET published_at = NULL
-            WHERE published_at IS NOT NULL AND created_at >= $1
-              AND ($2::text IS NULL OR stream = $2)
-            """,
-            since,
-            stream,
-        )
-        await connection.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-    return int(status.split()[-1])
 
 
 class OutboxRelay:
@@ -482,7 +458,7 @@ def _log_loss(loss: GroupLoss) -> None:
 async def run(settings: Settings) -> None:
     """`make relay`: lead when the lock is free, stand by otherwise, until SIGTERM/SIGINT."""
     stop = stop_on_signals()
-    leadership = Leadership(settings.database_url, LOCK_NAME, term_sequence=TERM_SEQUENCE)
+    leadership = Leadership(settings.database_url, RELAY_LOCK, term_sequence=TERM_SEQUENCE, log=log)
     session_name = batch_session_name()
     pool = await create_pool(settings, max_size=3, application_name=session_name)
     client = connect_redis(settings.redis_url, "outbox-relay")
