@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from outbox.writer import Connection
+from app.db import Connection
 
 
 class IdempotencyConflict(Exception):

@@ -7,14 +7,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
-import asyncpg
 import msgspec
-from asyncpg.pool import PoolConnectionProxy
 
+from app.db import Connection
 from outbox.envelope import EventEnvelope
-
-# A connection of its own or one lent by a pool.
-Connection = asyncpg.Connection | PoolConnectionProxy
 
 # The relay LISTENs on this channel; PostgreSQL delivers a NOTIFY only when the
 # transaction that sent it commits, and folds repeats within one transaction.

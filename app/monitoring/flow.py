@@ -29,13 +29,13 @@ import msgspec
 import redis.asyncio as redis
 
 from app.approvals.domain import DECISION_OF_EVENT
+from app.db import Connection
 from app.inbound.events import EPC_SOURCE
 from app.leadership import POLLER_LOCK, RELAY_LOCK, sessions_of
 from app.logging import DependencyLog
 from app.monitoring.single_flight import SharedRefresh
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
 from outbox.streams import lost_entries_key
-from outbox.writer import Connection
 
 log = logging.getLogger(__name__)
 
