@@ -8,15 +8,15 @@ that a secret can be rotated without refusing a delivery.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
 import time
 from collections.abc import Mapping, Sequence
 
+from app.settings import decode_secret
+
 TOLERANCE_S = 5 * 60
-PREFIX = "whsec_"
 HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 # Unix seconds in ASCII digits: int() alone would also take "+1_0", Arabic-Indic digits,
 # and 400 digits, whose distance from now overflows a float (a 500). 15 digits reach
@@ -29,13 +29,6 @@ _MESSAGE_ID = re.compile(r"[\x20-\x7e]+")
 
 class SignatureError(Exception):
     """The request is not signed by a holder of one of our secrets."""
-
-
-def decode_secret(secret: str) -> bytes:
-    try:
-        return base64.b64decode(secret.removeprefix(PREFIX), validate=True)
-    except binascii.Error as error:
-        raise ValueError("a webhook secret must be whsec_ followed by base64") from error
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
