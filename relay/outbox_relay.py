@@ -145,9 +145,9 @@ class OutboxRelay:
             if not self._claimed:
                 await self._take_over()
                 continue
-            published = await self.drain_batch()
+            again = await self.drain_batch()
             await self._maintain()
-            if published < self._settings.outbox_batch_size:
+            if not again:
                 await self._settle_commit()
                 await self._wait_for_work(leadership)
         await self._settle_commit()
@@ -203,17 +203,20 @@ class OutboxRelay:
             raise asyncpg.ObjectInUseError(f"{row['lingering']} earlier batch sessions linger")
         return int(row["ended"])
 
-    async def drain_batch(self) -> int:
+    async def drain_batch(self) -> bool:
         """Lock and append one batch, leaving its commit to run beside the next batch.
 
-        Returns how many rows it appended.
+        Returns whether to drain again at once: after a full batch (more rows may wait)
+        and after finding that Redis lost entries (the rows the refill made unpublished
+        wait, or the refill is tried again); not after a short or empty batch, nor after
+        a failure it has backed off from.
         """
         ids: list[int] = []
         try:
             connection = await self._pool.acquire()
         except RETRYABLE_ERRORS as error:
             await self._postgres.wait_after(error, self._stop)
-            return 0
+            return False
         transaction = connection.transaction()
         try:
             await transaction.start()
@@ -230,7 +233,7 @@ class OutboxRelay:
         if not rows:
             await self._abandon(connection, transaction)
             self._postgres.succeeded()
-            return 0
+            return False
         # One commit in flight at a time: the previous batch's must end before this one's.
         await self._settle_commit()
         self._committing = asyncio.create_task(self._commit(connection, transaction, ids))
@@ -240,7 +243,7 @@ class OutboxRelay:
         self._published += len(rows)
         self._batches += 1
         log.debug("appended %d rows", len(rows), extra={"outbox_id": f"{ids[0]}-{ids[-1]}"})
-        return len(rows)
+        return len(rows) == self._settings.outbox_batch_size
 
     async def _commit(
         self, connection: PoolConnectionProxy, transaction: Transaction, ids: list[int]
@@ -274,20 +277,20 @@ class OutboxRelay:
         with contextlib.suppress(asyncpg.InterfaceError):
             await self._pool.release(connection)
 
-    async def _after_failure(self, error: BaseException, ids: list[int]) -> int:
+    async def _after_failure(self, error: BaseException, ids: list[int]) -> bool:
         if isinstance(error, RedisLostData):
             await self._refill(str(error).removeprefix("NOMARKER "))
-            return self._settings.outbox_batch_size  # go again at once
+            return True
         if isinstance(error, StreamLost):
             await self._refill(str(error), error.stream)
-            return self._settings.outbox_batch_size
+            return True
         if isinstance(error, redis.RedisError):
             await self._record_failure(ids, error)
             await self._redis.wait_after(error, self._stop)
-            return 0
+            return False
         if isinstance(error, RETRYABLE_ERRORS):
             await self._postgres.wait_after(error, self._stop)
-            return 0
+            return False
         raise error
 
     async def _record_failure(self, ids: list[int], error: BaseException) -> None:
