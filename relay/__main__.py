@@ -1,6 +1,7 @@
-"""`python -m relay`: the outbox relay (`make relay`), and the commands that act on what
-it publishes: `replay` (`make replay`) and `cleanup`, retention applied once
-(`make cleanup`). The poller of Entity Permissions Core's feed is `python -m app.inbound`."""
+"""`python -m relay`: the outbox relay (`make relay`; `outbox`, the default), `replay`
+(`make replay`: retained outbox rows published again) and `cleanup` (`make cleanup`:
+retention applied once, as the leading relay applies it while it runs). The poller of
+Entity Permissions Core's feed is `python -m app.inbound` (`make poll`)."""
 
 from __future__ import annotations
 
