@@ -44,7 +44,7 @@ consume: migrate ## an approval consumer (group market-approvals); run several, 
 	$(PY) -m app.approvals
 
 poll: migrate ## the poller of Entity Permissions Core's feed alone (needs PERMISSIONS_SERVICE_BASE_URL)
-	$(PY) -m relay poll
+	$(PY) -m app.inbound
 
 epc: install ## the Entity Permissions Core simulator on EPC_PORT (default 8000)
 	$(PY) -m simulator

@@ -12,6 +12,9 @@ from asyncpg.pool import PoolConnectionProxy
 
 from app.settings import Settings
 
+# A connection of its own or one lent by a pool: what repositories and the outbox take.
+Connection = asyncpg.Connection | PoolConnectionProxy
+
 # What an unreachable or restarting PostgreSQL raises: answered with 503, retried by workers.
 UNAVAILABLE_ERRORS: Final[tuple[type[Exception], ...]] = (
     OSError,

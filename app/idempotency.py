@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from app.app_error import AppError, FieldError
-from outbox.writer import Connection
+from app.db import Connection
 
 
 class IdempotencyConflict(AppError):

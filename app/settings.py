@@ -1,6 +1,6 @@
 """Configuration read once from the environment (and `.env` when present).
 
-Names follow DESIGN.md. Values in the process environment win over `.env`. APP_ENV
+Names follow docs/design.md. Values in the process environment win over `.env`. APP_ENV
 unset means production: a deployment that forgot it fails closed (refuses to start
 without its secrets) rather than accepting unsigned webhooks; the commands meant for
 a person at a terminal (`make run`, `make demo`) and the tests set it themselves.
@@ -8,6 +8,8 @@ a person at a terminal (`make run`, `make demo`) and the tests set it themselves
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import functools
 import ipaddress
@@ -19,8 +21,6 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from app.webhooks.standard import decode_secret
-
 log = logging.getLogger(__name__)
 
 AppEnv = Literal["development", "test", "production"]
@@ -29,6 +29,8 @@ AppEnv = Literal["development", "test", "production"]
 # 32 characters is within reach of a determined guesser (or was typed as a placeholder).
 MIN_WEBHOOK_KEY_BYTES = 24
 MIN_TOKEN_CHARACTERS = 32
+# How a Standard Webhooks secret is written: the prefix, then its key in base64.
+STANDARD_WEBHOOKS_PREFIX = "whsec_"
 
 # Environment variables holding several values, separated by white space.
 _LIST_FIELDS = frozenset(
@@ -189,6 +191,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 def _fits_a_header(token: str) -> bool:
     return token.isprintable() and not any(character.isspace() for character in token)
+
+
+def decode_secret(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (`whsec_` and base64); ValueError if
+    it is not one. Read here, where WEBHOOK_SECRETS is checked, and by the webhook."""
+    try:
+        return base64.b64decode(secret.removeprefix(STANDARD_WEBHOOKS_PREFIX), validate=True)
+    except binascii.Error as error:
+        raise ValueError("a webhook secret must be whsec_ followed by base64") from error
 
 
 def _webhook_key(number: int, secret: str) -> bytes:

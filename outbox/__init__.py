@@ -3,7 +3,7 @@ PostgreSQL transaction, and moved to Redis Streams later by the relay."""
 
 from outbox.envelope import EventEnvelope, new_event
 from outbox.streams import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
-from outbox.writer import NOTIFY_CHANNEL, enqueue
+from outbox.writer import NOTIFY_CHANNEL, enqueue, mark_for_republish
 
 __all__ = [
     "ENTITY_PERMISSIONS_DEAD",
@@ -12,5 +12,6 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "EventEnvelope",
     "enqueue",
+    "mark_for_republish",
     "new_event",
 ]

@@ -1,18 +1,16 @@
-"""Writing to the outbox inside the caller's transaction."""
+"""Writing to the outbox: events inside the caller's transaction, and retained rows made
+unpublished again for the relay to publish once more."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Final
 
-import asyncpg
 import msgspec
-from asyncpg.pool import PoolConnectionProxy
 
+from app.db import Connection
 from outbox.envelope import EventEnvelope
-
-# A connection of its own or one lent by a pool.
-Connection = asyncpg.Connection | PoolConnectionProxy
 
 # The relay LISTENs on this channel; PostgreSQL delivers a NOTIFY only when the
 # transaction that sent it commits, and folds repeats within one transaction.
@@ -60,3 +58,25 @@ async def enqueue(connection: Connection, stream: str, events: Sequence[EventEnv
         NOTIFY_CHANNEL,
     )
     return {row["event_id"] for row in rows}
+
+
+async def mark_for_republish(
+    connection: Connection, since: datetime, stream: str | None = None
+) -> int:
+    """Make retained rows created since `since` unpublished again, and wake the relay.
+
+    The relay then publishes them like any other rows, in id order, before anything
+    newer: which is how both `make replay` and the refill of an emptied Redis work.
+    """
+    async with connection.transaction():
+        status = await connection.execute(
+            """
+            UPDATE outbox SET published_at = NULL
+            WHERE published_at IS NOT NULL AND created_at >= $1
+              AND ($2::text IS NULL OR stream = $2)
+            """,
+            since,
+            stream,
+        )
+        await connection.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return int(status.split()[-1])

@@ -1,4 +1,7 @@
-"""`python -m relay`: the outbox relay (`make relay`) and its replay command (`make replay`)."""
+"""`python -m relay`: the outbox relay (`make relay`; `outbox`, the default), `replay`
+(`make replay`: retained outbox rows published again) and `cleanup` (`make cleanup`:
+retention applied once, as the leading relay applies it while it runs). The poller of
+Entity Permissions Core's feed is `python -m app.inbound` (`make poll`)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import asyncpg
 from app.db import create_pool
 from app.process import start_process
 from app.settings import Settings
-from relay import outbox_relay, poller, retention
+from outbox import mark_for_republish
+from relay import outbox_relay, retention
 
 log = logging.getLogger("relay")
 
@@ -21,7 +25,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m relay", description=__doc__)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("outbox", help="run the outbox relay (the default)")
-    commands.add_parser("poll", help="poll Entity Permissions Core's event feed")
     commands.add_parser("cleanup", help="apply retention once")
     replay = commands.add_parser("replay", help="re-publish retained outbox rows")
     replay.add_argument(
@@ -35,11 +38,6 @@ def main() -> None:
 
     if args.command == "cleanup":
         asyncio.run(_cleanup(start_process("cleanup")))
-    elif args.command == "poll":
-        settings = start_process("poller")
-        if not settings.permissions_service_base_url:
-            raise SystemExit("PERMISSIONS_SERVICE_BASE_URL is not set: nothing to poll")
-        asyncio.run(poller.run(settings))
     elif args.command == "replay":
         settings = start_process("replay")
         asyncio.run(_replay(settings.database_url, args.since, args.stream))
@@ -67,7 +65,7 @@ async def _replay(database_url: str, since: datetime, stream: str | None) -> Non
         raise SystemExit(parser_error)
     connection = await asyncpg.connect(database_url)
     try:
-        count = await outbox_relay.mark_for_republish(connection, since, stream)
+        count = await mark_for_republish(connection, since, stream)
     finally:
         await connection.close()
     log.info(

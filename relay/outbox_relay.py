@@ -37,19 +37,17 @@ from asyncpg.transaction import Transaction
 
 from app.backoff import Backoff
 from app.db import RETRYABLE_ERRORS, create_pool
+from app.leadership import RELAY_LOCK, Leadership
 from app.process import stop_on_signals
 from app.redis_client import connect_redis
 from app.settings import Settings
-from outbox import NOTIFY_CHANNEL
+from outbox import NOTIFY_CHANNEL, mark_for_republish
 from outbox.streams import TRIMMED_STREAMS, entry_time
-from outbox.writer import Connection
-from relay.leadership import Leadership
 from relay.publisher import GroupLoss, RedisLostData, RelayFenced, StreamLost, StreamPublisher
 from relay.retention import apply_retention
 
 log = logging.getLogger("relay.outbox")
 
-LOCK_NAME: Final = "market-backend:outbox-relay"
 TERM_SEQUENCE: Final = "outbox_relay_terms"
 # The relay's pooled sessions (its batch transactions) are named with this prefix, so
 # that a new leader can end those of an earlier one.
@@ -96,28 +94,6 @@ FROM (SELECT pg_terminate_backend(pid, 5000) AS ended FROM pg_stat_activity
 def batch_session_name() -> str:
     """This process's batch sessions' application_name; unique even if cut to 63 bytes."""
     return f"{BATCH_SESSIONS}{os.getpid()}:{uuid.uuid4().hex[:8]}:{socket.gethostname()}"[:63]
-
-
-async def mark_for_republish(
-    connection: Connection, since: datetime, stream: str | None = None
-) -> int:
-    """Make retained rows created since `since` unpublished again, and wake the relay.
-
-    The relay then publishes them like any other rows, in id order, before anything
-    newer: which is how both `make replay` and the refill of an emptied Redis work.
-    """
-    async with connection.transaction():
-        status = await connection.execute(
-            """
-            UPDATE outbox SET published_at = NULL
-            WHERE published_at IS NOT NULL AND created_at >= $1
-              AND ($2::text IS NULL OR stream = $2)
-            """,
-            since,
-            stream,
-        )
-        await connection.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-    return int(status.split()[-1])
 
 
 class OutboxRelay:
@@ -169,9 +145,9 @@ class OutboxRelay:
             if not self._claimed:
                 await self._take_over()
                 continue
-            published = await self.drain_batch()
+            again = await self.drain_batch()
             await self._maintain()
-            if published < self._settings.outbox_batch_size:
+            if not again:
                 await self._settle_commit()
                 await self._wait_for_work(leadership)
         await self._settle_commit()
@@ -227,17 +203,20 @@ class OutboxRelay:
             raise asyncpg.ObjectInUseError(f"{row['lingering']} earlier batch sessions linger")
         return int(row["ended"])
 
-    async def drain_batch(self) -> int:
+    async def drain_batch(self) -> bool:
         """Lock and append one batch, leaving its commit to run beside the next batch.
 
-        Returns how many rows it appended.
+        Returns whether to drain again at once: after a full batch (more rows may wait)
+        and after finding that Redis lost entries (the rows the refill made unpublished
+        wait, or the refill is tried again); not after a short or empty batch, nor after
+        a failure it has backed off from.
         """
         ids: list[int] = []
         try:
             connection = await self._pool.acquire()
         except RETRYABLE_ERRORS as error:
             await self._postgres.wait_after(error, self._stop)
-            return 0
+            return False
         transaction = connection.transaction()
         try:
             await transaction.start()
@@ -254,7 +233,7 @@ class OutboxRelay:
         if not rows:
             await self._abandon(connection, transaction)
             self._postgres.succeeded()
-            return 0
+            return False
         # One commit in flight at a time: the previous batch's must end before this one's.
         await self._settle_commit()
         self._committing = asyncio.create_task(self._commit(connection, transaction, ids))
@@ -264,7 +243,7 @@ class OutboxRelay:
         self._published += len(rows)
         self._batches += 1
         log.debug("appended %d rows", len(rows), extra={"outbox_id": f"{ids[0]}-{ids[-1]}"})
-        return len(rows)
+        return len(rows) == self._settings.outbox_batch_size
 
     async def _commit(
         self, connection: PoolConnectionProxy, transaction: Transaction, ids: list[int]
@@ -298,20 +277,20 @@ class OutboxRelay:
         with contextlib.suppress(asyncpg.InterfaceError):
             await self._pool.release(connection)
 
-    async def _after_failure(self, error: BaseException, ids: list[int]) -> int:
+    async def _after_failure(self, error: BaseException, ids: list[int]) -> bool:
         if isinstance(error, RedisLostData):
             await self._refill(str(error).removeprefix("NOMARKER "))
-            return self._settings.outbox_batch_size  # go again at once
+            return True
         if isinstance(error, StreamLost):
             await self._refill(str(error), error.stream)
-            return self._settings.outbox_batch_size
+            return True
         if isinstance(error, redis.RedisError):
             await self._record_failure(ids, error)
             await self._redis.wait_after(error, self._stop)
-            return 0
+            return False
         if isinstance(error, RETRYABLE_ERRORS):
             await self._postgres.wait_after(error, self._stop)
-            return 0
+            return False
         raise error
 
     async def _record_failure(self, ids: list[int], error: BaseException) -> None:
@@ -482,7 +461,7 @@ def _log_loss(loss: GroupLoss) -> None:
 async def run(settings: Settings) -> None:
     """`make relay`: lead when the lock is free, stand by otherwise, until SIGTERM/SIGINT."""
     stop = stop_on_signals()
-    leadership = Leadership(settings.database_url, LOCK_NAME, term_sequence=TERM_SEQUENCE)
+    leadership = Leadership(settings.database_url, RELAY_LOCK, term_sequence=TERM_SEQUENCE, log=log)
     session_name = batch_session_name()
     pool = await create_pool(settings, max_size=3, application_name=session_name)
     client = connect_redis(settings.redis_url, "outbox-relay")

@@ -20,17 +20,16 @@ import asyncpg
 import httpx
 import pytest
 
-from app.json_limits import TOO_DEEP_MARKER
-from app.settings import load_settings
-from relay.leadership import lock_key
-from relay.poller import (
-    LOCK_NAME,
+from app.inbound.poller import (
     MAX_PAGE_BYTES,
     PAGE_SIZE,
     EventFeed,
     FeedUnavailable,
     decode_page,
 )
+from app.json_limits import TOO_DEEP_MARKER
+from app.leadership import POLLER_LOCK, lock_key
+from app.settings import load_settings
 from tests.conftest import DATABASE_URL
 from tests.support.flow import Flow, decision_event
 from tests.support.outbox import wait_until
@@ -370,7 +369,7 @@ def launch_poller(flow: Flow, feed: str) -> ManagedProcess:
     """`make poll`: the poller alone."""
     process = ManagedProcess(
         f"poller-{uuid.uuid4().hex[:8]}",
-        ["-m", "relay", "poll"],
+        ["-m", "app.inbound"],
         flow.env(**polling(feed)),
         flow.log_dir,
     )
@@ -427,12 +426,12 @@ async def test_item_12_a_poller_that_loses_its_lock_stops_between_pages(flow: Fl
             await holder.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND application_name LIKE $1",
-                f"{LOCK_NAME}:%",
+                f"{POLLER_LOCK}:%",
             )
 
             async def taken() -> bool:
                 return bool(
-                    await holder.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(LOCK_NAME))
+                    await holder.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(POLLER_LOCK))
                 )
 
             await wait_until(taken, 10, "the lock taken by another session")

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from relay.outbox_relay import BATCH_SESSIONS
 from relay.publisher import TERM_KEY
 from tests.support.flow import Flow
 from tests.support.outbox import seed_outbox, unpublished, wait_until, write_steadily
@@ -22,7 +23,6 @@ from tests.support.processes import ManagedProcess
 from tests.support.relays import end_lock_session, pause_between_read_and_append, published_more
 
 STREAM = "markets:events"
-BATCH_SESSIONS = "market-backend:outbox-relay-batch:"
 
 
 @contextlib.asynccontextmanager

@@ -328,7 +328,7 @@ def test_fail_closed_by_default_one_off_commands_in_production_need_no_secret(
     assert one_off.process.wait(60) == 0, one_off.log_tail()
 
 
-@pytest.mark.parametrize("args", [["-m", "app.approvals"], ["-m", "relay", "poll"]])
+@pytest.mark.parametrize("args", [["-m", "app.approvals"], ["-m", "app.inbound"]])
 def test_fail_closed_by_default_a_poller_in_production_needs_its_api_key(
     log_dir: Path, args: list[str]
 ) -> None:

@@ -175,9 +175,9 @@ async def test_a_standby_that_never_took_over_polls_within_the_bound_when_the_po
         "PERMISSIONS_SERVICE_API_KEY": EPC_API_KEY,
         "PERMISSIONS_POLL_INTERVAL_S": "0.2",
     }
-    leader = site.launch("poller-isolated", ["-m", "relay", "poll"], isolated=True, **polling)
+    leader = site.launch("poller-isolated", ["-m", "app.inbound"], isolated=True, **polling)
     leader.wait_for_log("Polled events from Entity Permissions Core")
-    standby = site.launch("poller-standby", ["-m", "relay", "poll"], **polling)
+    standby = site.launch("poller-standby", ["-m", "app.inbound"], **polling)
     standby.wait_for_log("waiting as standby")
 
     async with httpx.AsyncClient(timeout=30) as http:

@@ -7,7 +7,7 @@ from typing import Literal
 import msgspec
 
 from app.approvals.domain import REFUSED_SKIPS
-from outbox.writer import Connection
+from app.db import Connection
 
 FAILED_RATE_THRESHOLD = 5.0  # percent, over the last hour
 

@@ -3,7 +3,7 @@ Entity Permissions Core's feed when PERMISSIONS_SERVICE_BASE_URL is set (one pro
 polls at a time; in the others it stands by).
 
 The two share the process, not a fate: the poller runs as a task of its own that
-restarts itself after any failure (relay/poller.run), and should it end anyway the
+restarts itself after any failure (app/inbound/poller.run), and should it end anyway the
 consumer goes on. The consumer's end (a stop signal, or its own failure) stops the
 poller cleanly, and the process ends as the consumer did.
 """
@@ -12,9 +12,9 @@ import asyncio
 import logging
 
 from app.approvals import consumer
+from app.inbound import poller
 from app.process import start_process, stop_on_signals
 from app.settings import Settings
-from relay import poller
 
 log = logging.getLogger("approvals")
 

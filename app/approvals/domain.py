@@ -18,10 +18,7 @@ import msgspec
 
 from app.inbound.events import AcceptedDecisionPayload, contradiction
 from app.markets.domain import Asset, Market, MarketStatus, market_event
-
-# Re-exported: app.monitoring.flow imports it from here.
-from app.markets.events import DECISION_OF_EVENT as DECISION_OF_EVENT  # noqa: PLC0414
-from app.markets.events import Announced
+from app.markets.events import DECISION_OF_EVENT, Announced
 from outbox import EventEnvelope
 
 

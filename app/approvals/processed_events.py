@@ -14,8 +14,7 @@ import asyncpg
 import msgspec
 
 from app.approvals.domain import Reason, Status
-from app.db import delete_in_batches
-from outbox.writer import Connection
+from app.db import Connection, delete_in_batches
 
 _encode = msgspec.json.Encoder().encode
 

@@ -40,8 +40,8 @@ from app.markets.repository import MarketCursor
 from app.monitoring.flow import STREAMS, FlowMonitor
 from app.unit_of_work import UnitOfWork
 from app.web.pages import is_htmx, page, redirect
+from outbox import mark_for_republish
 from outbox.streams import TRIMMED_STREAMS
-from relay.outbox_relay import mark_for_republish
 
 log = logging.getLogger("console")
 

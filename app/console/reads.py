@@ -13,12 +13,12 @@ import msgspec
 import redis.asyncio as redis
 
 from app.approvals.domain import Status
+from app.db import Connection
 from app.markets.domain import Market
 from app.markets.events import Announced
 from app.markets.repository import ApprovalRecord
 from app.redis_client import entries_of
 from outbox import ENTITY_PERMISSIONS_EVENTS
-from outbox.writer import Connection
 
 PAGE: Final = 50
 # Where to look for a row's stream entry: the relay appends it just after the start of

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from outbox.writer import Connection
+from app.db import Connection
 
 
 class PollerCursorRepository:

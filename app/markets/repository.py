@@ -12,6 +12,7 @@ from typing import NamedTuple
 import asyncpg
 import msgspec
 
+from app.db import Connection
 from app.markets.domain import (
     SYMBOL_PATTERN,
     Asset,
@@ -20,7 +21,6 @@ from app.markets.domain import (
     MarketStatus,
     Registration,
 )
-from outbox.writer import Connection
 
 
 class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True):

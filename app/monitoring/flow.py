@@ -28,21 +28,22 @@ import asyncpg
 import msgspec
 import redis.asyncio as redis
 
-from app.approvals.domain import DECISION_OF_EVENT
+from app.db import Connection
 from app.inbound.events import EPC_SOURCE
+from app.leadership import POLLER_LOCK, RELAY_LOCK, sessions_of
 from app.logging import DependencyLog
+from app.markets.events import DECISION_OF_EVENT
 from app.monitoring.single_flight import SharedRefresh
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
 from outbox.streams import lost_entries_key
-from outbox.writer import Connection
 
 log = logging.getLogger(__name__)
 
 STREAMS: Final = (MARKETS_EVENTS, ENTITY_PERMISSIONS_EVENTS, ENTITY_PERMISSIONS_DEAD)
 LATENCY_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
 WINDOWS: Final = {"30m": "30 minutes", "1h": "1 hour", "24h": "24 hours"}
-RELAY_SESSIONS: Final = "market-backend:outbox-relay:"
-POLLER_SESSIONS: Final = "market-backend:epc-poller:"
+RELAY_SESSIONS: Final = sessions_of(RELAY_LOCK)
+POLLER_SESSIONS: Final = sessions_of(POLLER_LOCK)
 # A snapshot waits this long for a pooled connection, then keeps its last figures: while
 # the pool is busy, registrations and webhooks have it.
 POOL_ACQUIRE_TIMEOUT_S: Final = 1.0

@@ -8,7 +8,6 @@ that a secret can be rotated without refusing a delivery.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -17,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 
 from app.app_error import AppError, FieldError
+from app.settings import decode_secret
 
 TOLERANCE_S = 5 * 60
-PREFIX = "whsec_"
 HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 # Unix seconds in ASCII digits: int() alone would also take "+1_0", Arabic-Indic digits,
 # and 400 digits, whose distance from now overflows a float (a 500). 15 digits reach
@@ -41,13 +40,6 @@ class SignatureError(AppError):
             detail="Signature verification failed",
             errors=[FieldError("signature", reason)],
         )
-
-
-def decode_secret(secret: str) -> bytes:
-    try:
-        return base64.b64decode(secret.removeprefix(PREFIX), validate=True)
-    except binascii.Error as error:
-        raise ValueError("a webhook secret must be whsec_ followed by base64") from error
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:

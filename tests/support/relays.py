@@ -9,7 +9,8 @@ import subprocess
 
 import asyncpg
 
-from relay.outbox_relay import BATCH_SESSIONS, LOCK_NAME
+from app.leadership import RELAY_LOCK, sessions_of
+from relay.outbox_relay import BATCH_SESSIONS
 from tests.support.outbox import unpublished, wait_until
 
 
@@ -68,7 +69,7 @@ async def end_lock_session(db: asyncpg.Connection, pid: int) -> None:
         SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
         WHERE application_name = $1
         """,
-        f"{LOCK_NAME}:{socket.gethostname()}:{pid}"[:63],
+        f"{sessions_of(RELAY_LOCK)}{socket.gethostname()}:{pid}"[:63],
     )
     assert ended == 1, "the relay's lock session was not found"
 

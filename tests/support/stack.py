@@ -23,7 +23,7 @@ READY_LINES = {
     "relay-standby": "[relay] relay.",
     "relay-isolated": "relay.outbox: leading",  # before the others start
     **{name: "approvals.consumer: consuming" for name in CONSUMERS},
-    "poller": "relay.poller:",
+    "poller": "inbound.poller:",
 }
 
 
@@ -85,9 +85,7 @@ class Stack:
             "PERMISSIONS_SERVICE_API_KEY": EPC_API_KEY,
             "PERMISSIONS_POLL_INTERVAL_S": "0.2",
         }
-        pollers = (
-            {} if poller_in_consumers else {"poller": Command(["-m", "relay", "poll"], polling)}
-        )
+        pollers = {} if poller_in_consumers else {"poller": Command(["-m", "app.inbound"], polling)}
         self._commands: dict[str, Command] = {
             "epc": Command(
                 ["-m", "simulator"],

@@ -22,9 +22,6 @@ NAMED_BASES = frozenset({"app.settings", "app.errors", "app.db", "app.openapi"})
 # its own. Each is a strict xfail below, so it fails once its import is gone, until it
 # is struck from this list.
 KNOWN = {
-    ("app.approvals.__main__", "relay"): "the poller moves into app/inbound/",
-    ("app.settings", "app.webhooks"): "the settings change stops importing decode_secret",
-    ("app.console.pages", "relay"): "mark_for_republish is an outbox operation, not the relay's",
     ("app.unit_of_work", "app.approvals"): "the unit of work binds the features' repositories",
     ("app.unit_of_work", "app.inbound"): "the unit of work binds the features' repositories",
     ("app.unit_of_work", "app.markets"): "the unit of work binds the features' repositories",

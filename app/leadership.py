@@ -19,15 +19,24 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from typing import Final
 
 import asyncpg
 
 from app.backoff import Backoff, sleep_unless
 from app.db import DEAD_CLIENT_SETTINGS, RETRYABLE_ERRORS, UNAVAILABLE_ERRORS
 
-log = logging.getLogger(__name__)
-
 IDLE_SESSION_TIMEOUT = "10s"
+
+# The locks, one per kind of process. Each holder's session is named after its lock
+# (`Leadership.session_name`), which is how /metrics tells who runs and who leads.
+RELAY_LOCK: Final = "market-backend:outbox-relay"
+POLLER_LOCK: Final = "market-backend:epc-poller"
+
+
+def sessions_of(name: str) -> str:
+    """The prefix of the session names of every holder of, or standby for, lock `name`."""
+    return f"{name}:"
 
 
 def lock_key(name: str) -> int:
@@ -46,8 +55,11 @@ class Leadership:
         term_sequence: str | None = None,
         poll_s: float = 0.5,
         heartbeat_s: float = 1.0,
+        log: logging.Logger,
     ) -> None:
-        """`term_sequence`: a sequence to draw each leadership's term from (see `term`)."""
+        """`term_sequence`: a sequence to draw each leadership's term from (see `term`).
+        `log`: the holder's logger, so that standing by and stepping down read as its own."""
+        self._log = log
         self._database_url = database_url
         self.name = name
         self._term_sequence = term_sequence
@@ -57,7 +69,7 @@ class Leadership:
         self._heartbeat_s = heartbeat_s
         self.connection: asyncpg.Connection | None = None
         self.lost = asyncio.Event()
-        self.session_name = f"{name}:{socket.gethostname()}:{os.getpid()}"[:63]
+        self.session_name = f"{sessions_of(name)}{socket.gethostname()}:{os.getpid()}"[:63]
         self._heartbeat: asyncio.Task[None] | None = None
         # One query at a time on the lock's connection (asyncpg allows no more): the
         # heartbeat and the relay's term queries would otherwise collide, and a collision
@@ -66,7 +78,7 @@ class Leadership:
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait as a hot standby until the lock is ours (True) or `stop` is set (False)."""
-        backoff = Backoff("PostgreSQL (leadership)", log)
+        backoff = Backoff("PostgreSQL (leadership)", self._log)
         announced = False
         while not stop.is_set():
             try:
@@ -94,7 +106,9 @@ class Leadership:
                     return True
                 backoff.succeeded()
                 if not announced:
-                    log.info("%s: another process holds the lock; waiting as standby", self.name)
+                    self._log.info(
+                        "%s: another process holds the lock; waiting as standby", self.name
+                    )
                     announced = True
                 await sleep_unless(stop, self._poll_s)
             except UNAVAILABLE_ERRORS as error:
@@ -160,7 +174,9 @@ class Leadership:
             try:
                 await asyncio.wait_for(self._ping(), timeout=5)
             except RETRYABLE_ERRORS as error:
-                log.warning("%s: lost the lock's connection (%r); stepping down", self.name, error)
+                self._log.warning(
+                    "%s: lost the lock's connection (%r); stepping down", self.name, error
+                )
                 self.lost.set()
                 return
 

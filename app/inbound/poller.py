@@ -32,16 +32,15 @@ from app.inbound.events import EPC_SOURCE, read_event_json
 from app.inbound.intake import Conflict, enqueue_new, log_conflict
 from app.inbound.unreadable import feed_event_record, printable
 from app.json_limits import MAX_NESTING, cap_nesting, within
+from app.leadership import POLLER_LOCK, Leadership
 from app.process import stop_on_signals
 from app.settings import Settings
 from app.unit_of_work import UnitOfWork
 from outbox import EventEnvelope
-from relay.leadership import Leadership
 
-log = logging.getLogger("relay.poller")
+log = logging.getLogger("inbound.poller")
 
 SOURCE: Final = EPC_SOURCE
-LOCK_NAME: Final = "market-backend:epc-poller"
 PAGE_SIZE: Final = 100
 MAX_RETRY_AFTER_S: Final = 300.0
 # A page of 100 events of 160 KiB each, far beyond any real decision (a few hundred
@@ -353,7 +352,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
 
 async def _lead_and_poll(settings: Settings, stop: asyncio.Event, restarts: Backoff) -> None:
-    leadership = Leadership(settings.database_url, LOCK_NAME)
+    leadership = Leadership(settings.database_url, POLLER_LOCK, log=log)
     pool = await create_pool(settings, max_size=2)
     feed = EventFeed(settings)
     poller = Poller(settings, pool, feed, stop, restarts)
