@@ -12,7 +12,7 @@ _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
-# The fields of every stream entry (DESIGN.md, Streams), all flat strings.
+# The fields of every stream entry (docs/design.md, Streams), all flat strings.
 STREAM_FIELDS = (
     "event_id",
     "event_type",
@@ -42,7 +42,7 @@ class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     context: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def stream_fields(self, outbox_id: int) -> dict[str, str]:
-        """Flat string fields (DESIGN.md, Streams), readable with `redis-cli XRANGE`."""
+        """Flat string fields (docs/design.md, Streams), readable with `redis-cli XRANGE`."""
         return {
             "event_id": self.event_id,
             "event_type": self.event_type,

@@ -1,4 +1,4 @@
-"""Redis stream names (DESIGN.md, Streams), and what the processes share about them."""
+"""Redis stream names (docs/design.md, Streams), and what the processes share about them."""
 
 from datetime import UTC, datetime
 from typing import Final

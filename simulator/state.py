@@ -60,7 +60,8 @@ class Registry:
     def decide(
         self, market_id: str, *, approved: bool, actor_id: str, reason: str | None = None
     ) -> dict[str, Any]:
-        """Record an administrator's decision; the event in the seed's webhook shape."""
+        """Record an administrator's decision; the event in the webhook shape of
+        docs/async-approval-flow.md."""
         request = self.requests.get(market_id)
         if request is None:
             raise UnknownRequest(market_id)

@@ -1,1 +1,2 @@
-"""The admin API: processed events, replays, the seed's monitoring figures and alerts."""
+"""The admin API: processed events, replays, monitoring figures and alerts
+(docs/async-approval-flow.md, Monitoring)."""

@@ -166,7 +166,7 @@ class AdminController(Controller):
 
     @get(
         "/stats",
-        summary="The seed's monitoring figures over 24 hours",
+        summary="Monitoring figures over the last 24 hours",
         responses=error_responses(*_GUARDED),
     )
     async def stats(self, uow: NamedDependency[UnitOfWork]) -> Stats:
@@ -175,7 +175,7 @@ class AdminController(Controller):
 
     @get(
         "/alerts",
-        summary="The seed's alert rules, evaluated now",
+        summary="The alert rules, evaluated now",
         responses=error_responses(*_GUARDED),
     )
     async def alerts(

@@ -1,4 +1,5 @@
-"""The seed's monitoring figures and alert rules, computed from processed_events."""
+"""The monitoring figures and alert rules (docs/async-approval-flow.md), computed from
+processed_events."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class Latency(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AlertCounts(msgspec.Struct, frozen=True, kw_only=True):
-    """What the seed's rules read: inbound events received in the last hour, those of
+    """What the three alert rules read: inbound events received in the last hour, those of
     them refused, those of the last 30 minutes and of the last 24 hours."""
 
     hour: int
@@ -114,7 +115,7 @@ async def decision_latency(connection: Connection, *, hours: int) -> Latency:
 
 
 async def alerts(connection: Connection, *, polling_enabled: bool) -> list[Alert]:
-    """The seed's three rules, each with whether it fires now (as deploy/prometheus/
+    """The three alert rules, each with whether it fires now (as deploy/prometheus/
     alerts.yml evaluates them: a refusal counts as a failure)."""
     row = await connection.fetchrow(
         """
@@ -129,11 +130,11 @@ async def alerts(connection: Connection, *, polling_enabled: bool) -> list[Alert
         sorted(REFUSED_SKIPS),
     )
     assert row is not None
-    return seed_alerts(AlertCounts(**dict(row)), polling_enabled=polling_enabled)
+    return approval_alerts(AlertCounts(**dict(row)), polling_enabled=polling_enabled)
 
 
-def seed_alerts(counts: AlertCounts, *, polling_enabled: bool) -> list[Alert]:
-    """The seed's three rules on `counts`, however they were read (here by SQL, by the
+def approval_alerts(counts: AlertCounts, *, polling_enabled: bool) -> list[Alert]:
+    """The three alert rules on `counts`, however they were read (here by SQL, by the
     console from the metrics snapshot)."""
     rate = 100 * counts.refused_hour / counts.hour if counts.hour else 0.0
     return [

@@ -1,11 +1,11 @@
 """What a decision does to a market, free of Redis and PostgreSQL.
 
-Each inbound event ends in one of the seed's statuses: `success` (the market changed),
-`skipped` (nothing to change: already decided, or an event type we do not act on) or
-`failed` (it cannot be applied: invalid payload, unknown market), and, when it was not
-applied, a Reason. A refusal is a decision we would not apply: every `failed`, and a
-decision for a market already decided. An approver may be waiting on it, so each is
-logged and counted, and the failed-events alert counts them.
+Each inbound event ends in one of the statuses of docs/async-approval-flow.md:
+`success` (the market changed), `skipped` (nothing to change: already decided, or an
+event type we do not act on) or `failed` (it cannot be applied: invalid payload, unknown
+market), and, when it was not applied, a Reason. A refusal is a decision we would not
+apply: every `failed`, and a decision for a market already decided. An approver may be
+waiting on it, so each is logged and counted, and the failed-events alert counts them.
 """
 
 from __future__ import annotations

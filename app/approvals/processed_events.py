@@ -1,4 +1,5 @@
-"""processed_events: every inbound event and what became of it (the seed's repository).
+"""processed_events: every inbound event and what became of it (the repository that
+docs/async-approval-flow.md describes).
 
 The unique event_id is the dedup of the whole flow: a row is written in the same
 transaction as the change the event causes, so an event changes state at most once.

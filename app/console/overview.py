@@ -15,7 +15,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from app.admin.figures import AlertCounts, Latency, seed_alerts
+from app.admin.figures import AlertCounts, Latency, approval_alerts
 from app.approvals.domain import REFUSED_SKIPS
 from app.monitoring.flow import WINDOWS, GroupState, Snapshot
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS
@@ -83,7 +83,7 @@ class LossHistory:
 
 
 def alert_counts(snapshot: Snapshot) -> AlertCounts:
-    """What the seed's rules read, from the snapshot's per-window counts."""
+    """What the three alert rules read, from the snapshot's per-window counts."""
     recent, refused = snapshot.postgres.recent, snapshot.postgres.not_applied
 
     def received(window: str) -> int:
@@ -167,7 +167,7 @@ def build(
         "PollingEnabled": "/console/",
     }
     holds = {"FailedEventRateHigh": "5m", "NoEventsReceived": "5m"}
-    seed = [
+    approval = [
         Rule(
             name=alert.name,
             severity=alert.severity,
@@ -176,7 +176,7 @@ def build(
             link=links[alert.name],
             holds_for=holds.get(alert.name, ""),
         )
-        for alert in seed_alerts(alert_counts(snapshot), polling_enabled=polling_enabled)
+        for alert in approval_alerts(alert_counts(snapshot), polling_enabled=polling_enabled)
     ]
     approvals = next(
         (
@@ -192,7 +192,7 @@ def build(
     ]
     return Overview(
         snapshot=snapshot,
-        rules=[*seed, *stream_rules(snapshot, maxlen, lost_in_window)],
+        rules=[*approval, *stream_rules(snapshot, maxlen, lost_in_window)],
         latency=latency,
         failed_last_hour=snapshot.postgres.recent.get(("failed", "1h"), 0),
         dead_letters=snapshot.redis.stream_lengths.get(ENTITY_PERMISSIONS_DEAD, 0),

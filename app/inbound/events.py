@@ -1,5 +1,6 @@
-"""The seed's snake_case event, as the webhook receives it and the polling feed serves it,
-and the readers of everything that claims to be one: a feed event, a stream entry."""
+"""The snake_case event of docs/async-approval-flow.md, as the webhook receives it and
+the polling feed serves it, and the readers of everything that claims to be one: a feed
+event, a stream entry."""
 
 from __future__ import annotations
 
@@ -77,9 +78,9 @@ class AcceptedDecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DecisionPayload(AcceptedDecisionPayload, frozen=True, kw_only=True):
-    """What intake requires of a decision today, as the seed sends it: entity_id, so that
-    the consumer can check it is the market's (entity_mismatch) for every decision, and a
-    reason of at most 2,000 characters."""
+    """What intake requires of a decision, as Entity Permissions Core sends it: entity_id,
+    so that the consumer can check it is the market's (entity_mismatch) for every
+    decision, and a reason of at most 2,000 characters."""
 
     entity_id: uuid.UUID
     reason: Annotated[str, msgspec.Meta(max_length=2000)] | None = None

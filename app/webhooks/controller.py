@@ -1,4 +1,5 @@
-"""POST /api/v1/webhooks/entity-permissions and its health check (the seed's routes)."""
+"""POST /api/v1/webhooks/entity-permissions and its health check (the routes of
+docs/async-approval-flow.md)."""
 
 from __future__ import annotations
 
@@ -232,6 +233,6 @@ class WebhookController(Controller):
         inner = decode_json(message.message.encode(), field="Message")
         return await intake.accept(uow, read_event(inner, default_event_id=message.message_id))
 
-    @get("/health", summary="The webhook handler answers (the seed's health check)")
+    @get("/health", summary="The webhook handler answers")
     async def health(self) -> WebhookHealth:
         return WebhookHealth(status="ok", service="webhook-handler", timestamp=datetime.now(UTC))
