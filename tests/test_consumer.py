@@ -11,12 +11,12 @@ import asyncpg
 import httpx
 
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
+from tests.support.approvals import GROUP, pending, wait_processed
 from tests.support.flow import Flow, decision_event
 from tests.support.outbox import read_stream, wait_until
 from tests.support.postgres_server import PostgresServer
 from tests.support.tally import group_settled
 
-GROUP = "market-approvals"
 FAST_CLAIMS = {"CLAIM_IDLE_MS": "500"}
 
 
@@ -38,18 +38,6 @@ async def wait_for_status(db: asyncpg.Connection, market_ids: list[str], status:
         return bool(count == len(ids))
 
     await wait_until(all_there, 60, f"{len(ids)} markets to become {status}")
-
-
-async def wait_processed(db: asyncpg.Connection, count: int) -> None:
-    async def recorded() -> bool:
-        return bool(await db.fetchval("SELECT count(*) FROM processed_events") >= count)
-
-    await wait_until(recorded, 60, f"{count} processed events")
-
-
-async def pending(flow: Flow) -> int:
-    summary = await flow.stream.xpending(ENTITY_PERMISSIONS_EVENTS, GROUP)
-    return int(summary["pending"])
 
 
 async def outbound_types(flow: Flow, market_id: str) -> list[str]:

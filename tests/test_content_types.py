@@ -17,7 +17,7 @@ import redis.asyncio as redis
 from tests.support.api_fuzz import send_raw
 from tests.support.markets import REGISTER, seed_body
 from tests.support.storage import assert_nothing_stored
-from tests.test_webhook import WEBHOOK, seed_event
+from tests.support.webhooks import WEBHOOK, seed_event
 
 ENDPOINTS = {
     REGISTER: ("application/json", 201),

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import service_env
 from tests.support.markets import REGISTER, seed_body
 from tests.support.processes import start_api
-from tests.test_webhook import WEBHOOK, seed_event
+from tests.support.webhooks import WEBHOOK, seed_event
 
 ASSET_TYPES = "real_estate, equity, debt, fund, commodity, art, collectible, other"
 ADMIN_TOKEN = "enum-admin-token"

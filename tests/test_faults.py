@@ -25,6 +25,7 @@ import redis.asyncio as redis
 from outbox import ENTITY_PERMISSIONS_EVENTS
 from tests.conftest import emptied_database, migrated
 from tests.support import netns
+from tests.support.feed import nested_event, put_on_feed, set_faults
 from tests.support.load import SteadyLoad
 from tests.support.netns import TAKEOVER_BOUND_S, IsolatedHost
 from tests.support.outbox import wait_until
@@ -33,8 +34,6 @@ from tests.support.redis_server import RedisServer
 from tests.support.relays import end_lock_session, pause_between_read_and_append
 from tests.support.stack import CONSUMERS, Stack
 from tests.support.tally import CONSUMER_GROUP, count_everything, settled
-from tests.test_inbound_hardening import nested_event, put_on_feed
-from tests.test_polling import set_faults
 
 WORKERS = ("api", "relay", *CONSUMERS, "poller")
 LOAD_S = 8.0

@@ -31,39 +31,22 @@ from app.json_limits import TOO_DEEP_MARKER
 from app.leadership import POLLER_LOCK, lock_key
 from app.settings import load_settings
 from tests.conftest import DATABASE_URL
+from tests.support.admin import ADMIN, TOKEN
+from tests.support.approvals import all_active, pending
+from tests.support.feed import (
+    API_KEY,
+    ENTITY,
+    approve,
+    nested_event,
+    polling,
+    put_on_feed,
+    requested,
+    set_faults,
+)
 from tests.support.flow import Flow, decision_event
 from tests.support.outbox import wait_until
 from tests.support.processes import ManagedProcess
-from tests.test_consumer import pending
-from tests.test_operations import ADMIN, TOKEN
-from tests.test_polling import API_KEY, all_active, approve, polling, requested, set_faults
-from tests.test_webhook import WEBHOOK, seed_event
-
-ENTITY = "9b2f7c1e-2222-4a5b-8c9d-0123456789ab"  # the entity of every market seed_body registers
-
-
-def nested_event(event_id: str, market_id: str, depth: int) -> bytes:
-    """An approval whose payload carries a value nested `depth` levels deep, as raw JSON:
-    Python's own encoder could not even write the deeper ones."""
-    head = json.dumps(
-        {
-            "event_id": event_id,
-            "event_type": "market.approved",
-            "source": "entity_permissions_core",
-            "payload": {"market_id": market_id, "entity_id": ENTITY, "decision": "approved"},
-        }
-    )
-    return head[:-2].encode() + b', "note": ' + b"[" * depth + b"]" * depth + b"}}"
-
-
-async def put_on_feed(simulator: str, document: bytes | dict[str, Any]) -> None:
-    """A document on the simulator's feed, byte for byte."""
-    body = document if isinstance(document, bytes) else json.dumps(document).encode()
-    async with httpx.AsyncClient(base_url=simulator) as http:
-        response = await http.post(
-            "/api/v1/events", content=body, headers={"content-type": "application/json"}
-        )
-        assert response.status_code == 201, response.text
+from tests.support.webhooks import WEBHOOK, seed_event
 
 
 async def post_webhook(api: str, event: dict[str, Any]) -> httpx.Response:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,6 +12,7 @@ import pytest
 
 from scripts.services import with_database
 from tests.conftest import DATABASE_URL, run_migrations
+from tests.support.migrations import make_migrate
 from tests.support.processes import ROOT
 
 # Named after the test database, so that suites run side by side on one server (each with
@@ -77,19 +75,6 @@ async def test_migrations_build_every_table_and_a_second_run_changes_nothing(
 
 
 MIGRATIONS = len(list(Path(ROOT, "piccolo_migrations").glob("market_*.py")))
-
-
-def make_migrate(database_url: str) -> subprocess.CompletedProcess[str]:
-    """What `make migrate` runs once the services answer."""
-    return subprocess.run(
-        [sys.executable, "-m", "scripts.migrate"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_make_migrate_says_in_one_line_what_it_applied_then_that_nothing_is_pending(

@@ -10,10 +10,10 @@ from collections import Counter, defaultdict
 
 import httpx
 
+from tests.support.feed import API_KEY, polling
 from tests.support.flow import Flow
 from tests.support.outbox import wait_until
-from tests.test_polling import API_KEY, polling
-from tests.test_webhook import WEBHOOK
+from tests.support.webhooks import WEBHOOK
 
 MARKETS = 200
 DELIVERIES = 1000

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,34 +15,15 @@ import redis.asyncio as redis
 
 from outbox import ENTITY_PERMISSIONS_DEAD, MARKETS_EVENTS
 from tests.conftest import DATABASE_URL, TABLES, service_env
+from tests.support.admin import ADMIN, TOKEN, alerts
 from tests.support.flow import Flow, decision_event
 from tests.support.markets import REGISTER, seed_body
+from tests.support.metrics import metric, scrape
 from tests.support.outbox import seed_outbox, wait_until
 from tests.support.postgres_server import PostgresServer
 from tests.support.processes import ManagedProcess, start_api
 from tests.support.tally import group_settled
-from tests.test_webhook import WEBHOOK, seed_event
-
-TOKEN = "test-admin-token"
-ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """The value of one sample of the exposition text, None when absent."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-async def scrape(http: httpx.AsyncClient) -> str:
-    response = await http.get("/metrics")
-    assert response.status_code == 200
-    return response.text
-
+from tests.support.webhooks import WEBHOOK, seed_event
 
 CONSUMER = "metrics-consumer"
 INBOUND = "entity-permissions:events"
@@ -197,12 +177,6 @@ async def record(db: asyncpg.Connection, status: str, count: int, age: str = "1 
         count,
         age,
     )
-
-
-async def alerts(http: httpx.AsyncClient) -> dict[str, bool]:
-    response = await http.get("/api/v1/admin/alerts", headers=ADMIN)
-    assert response.status_code == 200
-    return {a["name"]: a["firing"] for a in response.json()["alerts"]}
 
 
 async def test_each_alert_flips_on_crafted_data(

@@ -4,65 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 import httpx
 
+from tests.support.approvals import all_active
+from tests.support.feed import API_KEY, approve, polling, requested, set_faults
 from tests.support.feed_recorder import FeedRecorder
 from tests.support.flow import Flow
 from tests.support.outbox import wait_until
 from tests.support.processes import ManagedProcess
-from tests.test_webhook import SECRET, WEBHOOK
-
-API_KEY = "test-epc-key"
-
-
-def polling(simulator: str, **overrides: str) -> dict[str, str]:
-    """A consumer process that also polls the simulator's feed."""
-    return {
-        "PERMISSIONS_SERVICE_BASE_URL": simulator,
-        "PERMISSIONS_SERVICE_API_KEY": API_KEY,
-        "PERMISSIONS_POLL_INTERVAL_S": "0.2",
-        **overrides,
-    }
-
-
-async def requested(simulator: str, market_ids: list[str]) -> None:
-    async with httpx.AsyncClient(base_url=simulator) as http:
-
-        async def listed() -> bool:
-            pending = (await http.get("/api/v1/requests", params={"status": "pending"})).json()
-            return set(market_ids) <= {r["market_id"] for r in pending}
-
-        await wait_until(listed, 60, "the simulator to list the approval requests")
-
-
-async def approve(simulator: str, market_ids: list[str]) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(base_url=simulator) as http:
-        events = []
-        for market_id in market_ids:
-            response = await http.post(f"/api/v1/requests/{market_id}/approve", json={})
-            assert response.status_code == 200, response.text
-            events.append(response.json())
-        return events
-
-
-async def set_faults(simulator: str, **faults: Any) -> None:
-    async with httpx.AsyncClient(base_url=simulator) as http:
-        (await http.put("/api/v1/faults", json=faults)).raise_for_status()
-
-
-async def all_active(flow: Flow, market_ids: list[str], within: float = 60) -> None:
-    ids = [uuid.UUID(m) for m in market_ids]
-
-    async def active() -> bool:
-        count = await flow.db.fetchval(
-            "SELECT count(*) FROM markets WHERE id = ANY($1) AND status = 'active'", ids
-        )
-        return bool(count == len(ids))
-
-    await wait_until(active, within, f"{len(ids)} markets to become active")
+from tests.support.webhooks import SECRET, WEBHOOK
 
 
 async def applied_once(flow: Flow, events: list[dict[str, Any]]) -> None:

@@ -49,11 +49,10 @@ from tests.support.json_strategies import (
 )
 from tests.support.markets import REGISTER, seed_body
 from tests.support.processes import start_api
-from tests.support.sns import TOPIC_ARN, SnsSigner
+from tests.support.sns import TOPIC_ARN, TOPIC_ARNS, SnsSigner, serving
+from tests.support.sns import post as post_sns
 from tests.support.storage import row_counts
-from tests.test_webhook import SECRET, WEBHOOK, seed_event
-from tests.test_webhook_sns import TOPIC_ARNS, serving
-from tests.test_webhook_sns import post as post_sns
+from tests.support.webhooks import SECRET, WEBHOOK, seed_event
 
 repeatable = settings(
     max_examples=60,

@@ -33,8 +33,8 @@ import redis.asyncio as redis
 
 from scripts.demo import redis_cli
 from tests.conftest import DATABASE_URL, REDIS_URL, emptied_database
+from tests.support.migrations import make_migrate
 from tests.support.processes import ROOT, ManagedProcess, free_port
-from tests.test_migrations import make_migrate
 
 README = ROOT / "README.md"
 BEGIN = "<!-- quickstart: begin"

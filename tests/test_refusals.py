@@ -8,11 +8,12 @@ import uuid
 
 import httpx
 
+from tests.support.admin import ADMIN, TOKEN, alerts
+from tests.support.approvals import wait_processed
 from tests.support.flow import Flow, decision_event
+from tests.support.metrics import metric, scrape
 from tests.support.outbox import wait_until
 from tests.support.processes import start_api
-from tests.test_consumer import wait_processed
-from tests.test_operations import ADMIN, TOKEN, alerts, metric, scrape
 
 
 def lines_naming(log: str, event_id: str) -> list[str]:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.json_limits import MAX_NESTING
-from tests.support.json_strategies import nested_json
+from tests.support.json_strategies import nested_json, with_asset_details_nested
 from tests.support.markets import REGISTER, seed_body
 
 
@@ -263,12 +263,6 @@ async def test_an_empty_idempotency_key_is_refused(
     assert response.status_code == 400
     assert response.json()["errors"][0]["field"] == "Idempotency-Key"
     assert await counts(db) == (0, 0, 0)
-
-
-def with_asset_details_nested(levels: int) -> bytes:
-    """The seed's body whose assetDetails nests `levels` deep, so the body nests levels + 1."""
-    details = b'{"deep":' + nested_json(levels - 1) + b"}"
-    return json.dumps(seed_body(assetDetails="<details>")).encode().replace(b'"<details>"', details)
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import uuid
 import httpx
 
 from tests.support.flow import Flow, decision_event
+from tests.support.metrics import metric, scrape
 from tests.support.outbox import seed_outbox, unpublished, wait_until
 from tests.support.processes import start_api
-from tests.test_operations import metric, scrape
 
 MARKETS = "markets:events"
 DECISIONS = "entity-permissions:events"

@@ -27,42 +27,16 @@ from app.webhooks.guard import SourceGuard
 from outbox import new_event
 from tests.conftest import service_env
 from tests.support.flow import Flow
-from tests.support.json_strategies import nested_json
+from tests.support.json_strategies import nested_json, with_asset_details_nested
 from tests.support.markets import REGISTER, seed_body
 from tests.support.outbox import wait_until
 from tests.support.processes import free_port, start_api
 from tests.support.sns import CERT_URL, TOPIC_ARN, SnsSigner
 from tests.support.storage import assert_nothing_stored, row_counts
-from tests.test_register import with_asset_details_nested
+from tests.support.webhooks import SECRET, WEBHOOK, seed_event, stored
 
-WEBHOOK = "/api/v1/webhooks/entity-permissions"
 RATE_LIMIT_KEYS = "ratelimit:webhook"
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ROTATED = "whsec_" + "c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24="
-
-
-def seed_event(market_id: str | None = None, **changes: Any) -> dict[str, Any]:
-    """The seed's webhook test body."""
-    body: dict[str, Any] = {
-        "event_id": f"test-{uuid.uuid4()}",
-        "event_type": "market.approved",
-        "source": "entity_permissions_core",
-        "payload": {
-            "market_id": market_id or str(uuid.uuid4()),
-            "entity_id": "9b2f7c1e-2222-4a5b-8c9d-0123456789ab",
-            "decision": "approved",
-        },
-        "context": {"actor_id": "admin-uuid"},
-    }
-    body.update(changes)
-    return body
-
-
-async def stored(db: asyncpg.Connection) -> int:
-    count: int = await db.fetchval(
-        "SELECT count(*) FROM outbox WHERE stream = 'entity-permissions:events'"
-    )
-    return count
 
 
 def signed_headers(

@@ -11,7 +11,6 @@ import functools
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,11 +19,8 @@ import httpx
 import msgspec
 import pytest
 import redis.asyncio as redis
-from litestar.testing import AsyncTestClient
 
 from app.json_limits import MAX_NESTING
-from app.main import create_app
-from app.settings import load_settings
 from app.webhooks.sns import (
     MAX_CACHED_CERTIFICATES,
     MAX_CERTIFICATE_BYTES,
@@ -34,20 +30,24 @@ from app.webhooks.sns import (
     SnsVerifier,
     visit_subscribe_url,
 )
-from tests.conftest import service_env
 from tests.support.json_strategies import nested_json
 from tests.support.outbox import wait_until
 from tests.support.processes import free_port
-from tests.support.sns import CERT_URL, TOPIC_ARN, CertificateServer, SnsSigner, ToLocalServer
+from tests.support.sns import (
+    CERT_URL,
+    CHINA_TOPIC_ARN,
+    GOV_TOPIC_ARN,
+    OTHER_REGION_TOPIC_ARN,
+    TOPIC_ARNS,
+    CertificateServer,
+    SnsSigner,
+    ToLocalServer,
+    post,
+    serving,
+)
 from tests.support.storage import assert_nothing_stored
-from tests.test_webhook import WEBHOOK, seed_event, stored
+from tests.support.webhooks import WEBHOOK, seed_event, stored
 
-SNS_HEADERS = {"content-type": "text/plain", "x-amz-sns-message-type": "Notification"}
-# Topics we subscribe to: the tests' own, one in another region, one in China, one in GovCloud.
-OTHER_REGION_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:entity-permissions-events"
-CHINA_TOPIC_ARN = "arn:aws-cn:sns:cn-north-1:123456789012:entity-permissions-events"
-GOV_TOPIC_ARN = "arn:aws-us-gov:sns:us-gov-west-1:123456789012:entity-permissions-events"
-TOPIC_ARNS = [TOPIC_ARN, OTHER_REGION_TOPIC_ARN, CHINA_TOPIC_ARN, GOV_TOPIC_ARN]
 PEM_PATH = "/SimpleNotificationService-0123456789abcdef.pem"
 
 
@@ -69,25 +69,12 @@ def verifier(signer: SnsSigner, confirmed: list[str]) -> SnsVerifier:
     return SnsVerifier(TOPIC_ARNS, fetcher=signer.fetch, confirm=confirm)
 
 
-@asynccontextmanager
-async def serving(verifier: SnsVerifier) -> AsyncIterator[httpx.AsyncClient]:
-    """The API in-process, with this verifier."""
-    settings = load_settings(service_env(SNS_TOPIC_ARNS=TOPIC_ARN), dotenv=None)
-    async with AsyncTestClient(app=create_app(settings, sns=verifier)) as client:
-        yield client
-
-
 @pytest.fixture
 async def sns_client(
     verifier: SnsVerifier, db: asyncpg.Connection
 ) -> AsyncIterator[httpx.AsyncClient]:
     async with serving(verifier) as client:
         yield client
-
-
-async def post(client: httpx.AsyncClient, message: dict[str, Any]) -> httpx.Response:
-    headers = {**SNS_HEADERS, "x-amz-sns-message-type": message["Type"]}
-    return await client.post(WEBHOOK, content=json.dumps(message), headers=headers)
 
 
 @pytest.mark.parametrize("version", ["1", "2"])

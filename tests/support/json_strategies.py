@@ -13,6 +13,7 @@ from app.json_limits import MAX_NESTING
 from app.markets.domain import AssetType
 from app.markets.events import DECISION_OF_EVENT
 from app.markets.schemas import MAX_TOTAL_SUPPLY
+from tests.support.markets import seed_body
 
 # Text PostgreSQL can store and JSON can carry: no NUL, no lone surrogate.
 storable_characters = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
@@ -226,3 +227,9 @@ def json_value(document: Any) -> Any:
     value, not its spelling, so 2.251799813685243e+16 comes back as 22517998136852430."""
     text = document if isinstance(document, str) else json.dumps(document)
     return json.loads(text, parse_float=Decimal)
+
+
+def with_asset_details_nested(levels: int) -> bytes:
+    """The seed's body whose assetDetails nests `levels` deep, so the body nests levels + 1."""
+    details = b'{"deep":' + nested_json(levels - 1) + b"}"
+    return json.dumps(seed_body(assetDetails="<details>")).encode().replace(b'"<details>"', details)

@@ -1,4 +1,5 @@
-"""SNS messages signed with a key and certificate made for the test."""
+"""SNS messages signed with a key and certificate made for the test; the topics the tests
+subscribe to, and the API in-process to post them to."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import select
 import socket
 import socketserver
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,11 +20,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from litestar.testing import AsyncTestClient
 
-from app.webhooks.sns import SnsMessage
+from app.main import create_app
+from app.settings import load_settings
+from app.webhooks.sns import SnsMessage, SnsVerifier
+from tests.conftest import service_env
+from tests.support.webhooks import WEBHOOK
 
 TOPIC_ARN = "arn:aws:sns:eu-west-1:123456789012:entity-permissions-events"
 CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
+SNS_HEADERS = {"content-type": "text/plain", "x-amz-sns-message-type": "Notification"}
+# Topics we subscribe to: the tests' own, one in another region, one in China, one in GovCloud.
+OTHER_REGION_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:entity-permissions-events"
+CHINA_TOPIC_ARN = "arn:aws-cn:sns:cn-north-1:123456789012:entity-permissions-events"
+GOV_TOPIC_ARN = "arn:aws-us-gov:sns:us-gov-west-1:123456789012:entity-permissions-events"
+TOPIC_ARNS = [TOPIC_ARN, OTHER_REGION_TOPIC_ARN, CHINA_TOPIC_ARN, GOV_TOPIC_ARN]
 
 
 class SnsSigner:
@@ -158,3 +172,16 @@ class ToLocalServer(httpx.AsyncBaseTransport):
 
     async def close_for_good(self) -> None:
         await self._inner.aclose()
+
+
+@asynccontextmanager
+async def serving(verifier: SnsVerifier) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in-process, with this verifier."""
+    settings = load_settings(service_env(SNS_TOPIC_ARNS=TOPIC_ARN), dotenv=None)
+    async with AsyncTestClient(app=create_app(settings, sns=verifier)) as client:
+        yield client
+
+
+async def post(client: httpx.AsyncClient, message: dict[str, Any]) -> httpx.Response:
+    headers = {**SNS_HEADERS, "x-amz-sns-message-type": message["Type"]}
+    return await client.post(WEBHOOK, content=json.dumps(message), headers=headers)
