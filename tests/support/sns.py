@@ -161,7 +161,10 @@ class ToLocalServer(httpx.AsyncBaseTransport):
 
     def __init__(self, port: int) -> None:
         self._port = port
-        self._inner = httpx.AsyncHTTPTransport()
+        # No kept-alive connection: the API runs on the test client's own thread and
+        # loop (Litestar's AsyncTestClient), so a pooled connection would belong to a
+        # loop that is closed by the time the test closes the transport on its own.
+        self._inner = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=self._port)
