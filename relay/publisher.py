@@ -29,6 +29,7 @@ import msgspec
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
 
+from app.redis_client import text
 from outbox.envelope import STREAM_FIELDS
 from outbox.streams import OUR_GROUP_OF_STREAM, lost_entries_key
 
@@ -357,7 +358,7 @@ class StreamPublisher:
         for row in rows:
             argv.append(position[row["stream"]])
             argv.extend([row[name] for name in STREAM_FIELDS])
-        reply = [_text(item) for item in await self._guarded(self._append(keys=keys, args=argv))]
+        reply = [text(item) for item in await self._guarded(self._append(keys=keys, args=argv))]
         losses = [_loss(reply[n], reply[n + 1 : n + 6]) for n in range(1, len(reply), 6)]
         return Appended(int(reply[0]), losses)
 
@@ -368,7 +369,7 @@ class StreamPublisher:
     async def set_marker(self, term: int) -> str:
         """Mark this Redis as holding everything published so far; returns its run_id."""
         keys = [MARKER_KEY, TERM_KEY, STREAMS_KEY]
-        return _text(await self._guarded(self._set_marker(keys=keys, args=[term])))
+        return text(await self._guarded(self._set_marker(keys=keys, args=[term])))
 
     async def accept_stream(self, stream: str, term: int) -> None:
         """`stream` is being published again from the outbox: accept it as it is now."""
@@ -376,14 +377,14 @@ class StreamPublisher:
 
     async def lost_streams(self) -> list[str]:
         """Streams the relay wrote that were deleted since (maybe recreated empty)."""
-        return [_text(stream) for stream in await self._lost_streams(keys=[STREAMS_KEY])]
+        return [text(stream) for stream in await self._lost_streams(keys=[STREAMS_KEY])]
 
     async def trim(self, stream: str) -> Trimmed:
         """Trim `stream` towards its length (acknowledged entries only, where that applies)."""
         keys = [stream, lost_entries_key(stream)]
         maxlen, mode, required = self._trim_rule(stream)
         reply = [
-            _text(item)
+            text(item)
             for item in await self._trim(keys=keys, args=[maxlen, TRIM_LIMIT, mode, required])
         ]
         losses = [_loss(stream, reply[n : n + 5]) for n in range(2, len(reply), 5)]
@@ -423,7 +424,3 @@ class StreamPublisher:
 def _loss(stream: str, values: list[str]) -> GroupLoss:
     group, entries, last_delivered, first_left, exact = values
     return GroupLoss(stream, group, int(entries), last_delivered, first_left, exact == "1")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -34,6 +34,7 @@ from app.leadership import POLLER_LOCK, RELAY_LOCK, sessions_of
 from app.logging import DependencyLog
 from app.markets.events import DECISION_OF_EVENT
 from app.monitoring.single_flight import SharedRefresh
+from app.redis_client import text
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
 from outbox.streams import lost_entries_key
 
@@ -254,7 +255,7 @@ async def read_redis(client: redis.Redis) -> RedisFigures:
             continue
         figures.stream_lengths[stream] = int(await client.xlen(stream))
         for group in await client.xinfo_groups(stream):
-            name = _text(group["name"])
+            name = text(group["name"])
             consumers = await client.xinfo_consumers(stream, name)
             pending = int(group["pending"])
             oldest = (
@@ -268,19 +269,15 @@ async def read_redis(client: redis.Redis) -> RedisFigures:
                     group=name,
                     lag=int(group.get("lag") or 0),
                     pending=pending,
-                    consumers_idle_s={_text(c["name"]): int(c["idle"]) / 1000 for c in consumers},
+                    consumers_idle_s={text(c["name"]): int(c["idle"]) / 1000 for c in consumers},
                     oldest_pending_idle_s=int(oldest[0]["time_since_delivered"]) / 1000
                     if oldest
                     else None,
                 )
             )
         for reader, count in (await client.hgetall(lost_entries_key(stream))).items():
-            figures.lost[(stream, _text(reader))] = int(count)
+            figures.lost[(stream, text(reader))] = int(count)
     return figures
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def now_s() -> float:
