@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import msgspec
+from app.wire import WireStruct
 
 
-class FieldError(msgspec.Struct, frozen=True):
+class FieldError(WireStruct, frozen=True):
     field: str
     reason: str
 

@@ -27,13 +27,14 @@ from app.app_error import AppError, FieldError
 from app.db import UNAVAILABLE_ERRORS
 from app.media_types import CONTENT_TYPE, accepted_by
 from app.validation import allowed_values, decode_body, not_one_of
+from app.wire import WireStruct
 
 log = logging.getLogger(__name__)
 
 AnyRequest = Request[Any, Any, Any]
 
 
-class ErrorBody(msgspec.Struct, frozen=True):
+class ErrorBody(WireStruct, frozen=True):
     status_code: int
     detail: str
     errors: list[FieldError] = msgspec.field(default_factory=list)
@@ -46,7 +47,7 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response[ErrorBody]:
     return Response(
-        ErrorBody(status, detail, errors or []),
+        ErrorBody(status_code=status, detail=detail, errors=errors or []),
         status_code=status,
         media_type=MediaType.JSON,
         headers=headers,

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
 
 import asyncpg
-import msgspec
 import redis.asyncio as redis
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
@@ -23,6 +22,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from app.logging import DependencyLog
 from app.monitoring.single_flight import SharedRefresh
+from app.wire import WireStruct
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,11 @@ CHECK_TIMEOUT_S = 2.0
 CheckResult = Literal["ok", "down"]
 
 
-class Liveness(msgspec.Struct, frozen=True):
+class Liveness(WireStruct, frozen=True):
     status: Literal["ok"] = "ok"
 
 
-class Readiness(msgspec.Struct, frozen=True):
+class Readiness(WireStruct, frozen=True):
     status: Literal["ready", "unavailable"]
     checks: dict[str, CheckResult]
 

@@ -140,7 +140,7 @@ async def recorded_status(http: httpx.AsyncClient, event_id: str) -> str | None:
         f"/api/v1/admin/processed-events/{event_id}",
         headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
     )
-    return response.json()["processing_status"] if response.status_code == 200 else None
+    return response.json()["processingStatus"] if response.status_code == 200 else None
 
 
 async def test_sign_in_refuses_a_wrong_token_and_the_overview_shows_the_flow(

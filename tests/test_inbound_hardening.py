@@ -462,7 +462,7 @@ async def test_item_9_replay_repairs_every_kind_of_failed_row(flow: Flow) -> Non
         ):
             answer = await http.post(f"/api/v1/admin/processed-events/{key}/replay")
             assert answer.status_code == 202, answer.text
-            assert answer.json()["replayed_as"] == own_id
+            assert answer.json()["replayedAs"] == own_id
         await all_active(flow, markets)
 
         # Replayed again: nothing is applied twice.

@@ -230,11 +230,11 @@ async def test_stats_give_the_seed_figures(
     stats = (await admin.get("/api/v1/admin/stats", headers=ADMIN)).json()
 
     assert stats["total"] == 10
-    assert stats["success_rate_percent"] == 90.0
-    assert stats["failed"] == 1 and stats["failed_last_hour"] == 1
-    assert 49 <= stats["latency_p50_s"] <= 52
-    assert 94 <= stats["latency_p95_s"] <= 96
-    assert 98 <= stats["latency_p99_s"] <= 100
+    assert stats["successRatePercent"] == 90.0
+    assert stats["failed"] == 1 and stats["failedLastHour"] == 1
+    assert 49 <= stats["latencyP50Seconds"] <= 52
+    assert 94 <= stats["latencyP95Seconds"] <= 96
+    assert 98 <= stats["latencyP99Seconds"] <= 100
 
 
 async def test_processed_events_are_listed_filtered_and_found(
@@ -246,9 +246,9 @@ async def test_processed_events_are_listed_filtered_and_found(
     url = "/api/v1/admin/processed-events"
     failed = (await admin.get(url, params={"status": "failed"}, headers=ADMIN)).json()
     assert len(failed["items"]) == 2
-    event_id = failed["items"][0]["event_id"]
+    event_id = failed["items"][0]["eventId"]
     one = await admin.get(f"/api/v1/admin/processed-events/{event_id}", headers=ADMIN)
-    assert one.json()["processing_status"] == "failed"
+    assert one.json()["processingStatus"] == "failed"
     missing = await admin.get("/api/v1/admin/processed-events/nope", headers=ADMIN)
     assert missing.status_code == 404
     bad = await admin.get(url, params={"status": "odd"}, headers=ADMIN)

@@ -85,4 +85,4 @@ async def test_refusals_without_a_word_are_logged_once_counted_and_alerted(flow:
         # 3 refused of 5 events in the last hour: far over 5 %.
         assert (await alerts(http))["FailedEventRateHigh"]
         response = await http.get("/api/v1/admin/processed-events/ghost-1", headers=ADMIN)
-        assert response.json()["processing_reason"] == "unknown_market"
+        assert response.json()["processingReason"] == "unknown_market"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import msgspec
 from litestar import Controller, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
@@ -20,8 +19,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import PathParameter, QueryParameter
 
 from app.admin import figures
-from app.admin.figures import Alert, Stats
+from app.admin.figures import Stats
 from app.admin.replay import NotReplayable, UnknownEvent, replay
+from app.admin.schemas import AlertList, ProcessedEventPage, ReplayReceipt
 from app.approvals.domain import Status
 from app.approvals.processed_events import ProcessedEvent
 from app.openapi import error_responses
@@ -40,25 +40,6 @@ def require_admin_token(
         raise NotAuthorizedException("Authorization: Bearer <ADMIN_TOKEN> required")
     if not hmac.compare_digest(offered.encode(), expected.encode()):
         raise PermissionDeniedException("wrong admin token")
-
-
-class ProcessedEventPage(msgspec.Struct, frozen=True):
-    items: list[ProcessedEvent]
-    limit: int
-    offset: int
-
-
-class ReplayReceipt(msgspec.Struct, frozen=True):
-    status: Literal["replayed"]
-    event_id: str
-    forced: bool
-    # The event's own id, under which the consumer applies it: the record's id, but for
-    # a record of an unreadable delivery (unreadable:...), the id its event claimed.
-    replayed_as: str
-
-
-class AlertList(msgspec.Struct, frozen=True):
-    alerts: list[Alert]
 
 
 ADMIN_SECURITY = "AdminToken"
@@ -114,7 +95,7 @@ class AdminController(Controller):
                 limit=limit,
                 offset=offset,
             )
-        return ProcessedEventPage(items, limit, offset)
+        return ProcessedEventPage(items=items, limit=limit, offset=offset)
 
     @get(
         "/processed-events/{event_id:str}",
@@ -162,7 +143,9 @@ class AdminController(Controller):
             raise NotFoundException(f"no processed event {event_id}") from None
         except NotReplayable as refused:
             raise HTTPException(status_code=409, detail=str(refused)) from None
-        return ReplayReceipt("replayed", event_id, force, replayed_as)
+        return ReplayReceipt(
+            status="replayed", event_id=event_id, forced=force, replayed_as=replayed_as
+        )
 
     @get(
         "/stats",
@@ -182,4 +165,4 @@ class AdminController(Controller):
         self, uow: NamedDependency[UnitOfWork], polling: NamedDependency[bool]
     ) -> AlertList:
         async with uow:
-            return AlertList(await figures.alerts(uow.connection, polling_enabled=polling))
+            return AlertList(alerts=await figures.alerts(uow.connection, polling_enabled=polling))

@@ -9,11 +9,12 @@ import msgspec
 
 from app.approvals.domain import REFUSED_SKIPS
 from app.db import Connection
+from app.wire import WireStruct
 
 FAILED_RATE_THRESHOLD = 5.0  # percent, over the last hour
 
 
-class Stats(msgspec.Struct, frozen=True, kw_only=True):
+class Stats(WireStruct, frozen=True, kw_only=True):
     window_hours: int
     total: int
     success: int
@@ -21,9 +22,9 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     skipped: int
     success_rate_percent: float | None
     failed_last_hour: int
-    latency_p50_s: float | None
-    latency_p95_s: float | None
-    latency_p99_s: float | None
+    latency_p50_seconds: float | None
+    latency_p95_seconds: float | None
+    latency_p99_seconds: float | None
 
 
 class Latency(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,7 +51,7 @@ class AlertCounts(msgspec.Struct, frozen=True, kw_only=True):
     day: int
 
 
-class Alert(msgspec.Struct, frozen=True, kw_only=True):
+class Alert(WireStruct, frozen=True, kw_only=True):
     name: str
     severity: Literal["critical", "warning", "info"]
     firing: bool
@@ -80,9 +81,9 @@ async def stats(connection: Connection) -> Stats:
         skipped=counts["skipped"],
         success_rate_percent=round(100 * counts["success"] / total, 2) if total else None,
         failed_last_hour=counts["failed_hour"],
-        latency_p50_s=latency.p50_s,
-        latency_p95_s=latency.p95_s,
-        latency_p99_s=latency.p99_s,
+        latency_p50_seconds=latency.p50_s,
+        latency_p95_seconds=latency.p95_s,
+        latency_p99_seconds=latency.p99_s,
     )
 
 

@@ -16,6 +16,7 @@ import msgspec
 
 from app.approvals.domain import Reason, Status
 from app.db import Connection, delete_in_batches
+from app.wire import WireStruct
 
 _encode = msgspec.json.Encoder().encode
 
@@ -25,7 +26,10 @@ _COLUMNS = (
 )
 
 
-class ProcessedEvent(msgspec.Struct, frozen=True, kw_only=True):
+class ProcessedEvent(WireStruct, frozen=True, kw_only=True):
+    """A record as the admin API and the console show it: camelCase on the wire, its
+    payload as it arrived."""
+
     event_id: str
     event_type: str
     source: str

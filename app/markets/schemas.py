@@ -19,6 +19,7 @@ from app.markets.domain import (
     Registration,
 )
 from app.validation import RequestValidationError
+from app.wire import WireStruct
 
 # Token contracts hold their supply in an unsigned 256-bit integer.
 MAX_TOTAL_SUPPLY = 2**256 - 1
@@ -31,10 +32,6 @@ DecimalDigits = Annotated[
         description="The same integer as decimal digits, for clients whose numbers are doubles",
     ),
 ]
-
-
-class WireStruct(msgspec.Struct, rename="camel", frozen=True, kw_only=True):
-    """Base of every JSON body: camelCase names; unknown request fields are refused."""
 
 
 class RegisterMarketRequest(WireStruct, frozen=True, forbid_unknown_fields=True):
