@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from app.markets.events import Announced, Decided
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
 from tests.support.approvals import (
     GROUP,
@@ -71,10 +72,10 @@ async def test_an_approval_on_the_stream_activates_the_market(flow: Flow) -> Non
 
     await wait_until(outbound_there, 30, "the outbound events on markets:events")
     assert await outbound_types(flow, market["id"]) == [
-        "market.registered",
-        "market.approval_requested",
-        "market.activated",
-        "token.deployment_requested",
+        Announced.REGISTERED,
+        Announced.APPROVAL_REQUESTED,
+        Announced.ACTIVATED,
+        Announced.TOKEN_DEPLOYMENT_REQUESTED,
     ]
     status = await flow.db.fetchval("SELECT processing_status FROM processed_events")
     assert status == "success"
@@ -94,7 +95,7 @@ async def test_a_rejection_stores_its_reason(flow: Flow) -> None:
     await flow.all_published()
 
     async def rejected_there() -> bool:
-        return "market.rejected" in await outbound_types(flow, market["id"])
+        return Announced.REJECTED in await outbound_types(flow, market["id"])
 
     await wait_until(rejected_there, 30, "market.rejected on markets:events")
 
@@ -113,7 +114,7 @@ async def test_outcomes_follow_the_seed_statuses(flow: Flow) -> None:
         decision_event(str(uuid.uuid4()), event_id="ghost-1"),
         decision_event("not-a-uuid", event_id="bad-1"),
         decision_event(
-            approved, "rejected", event_id="contradiction-1", event_type="market.approved"
+            approved, "rejected", event_id="contradiction-1", event_type=Decided.APPROVED
         ),
         decision_event(approved, event_id="wrong-entity-1", entity_id=str(uuid.uuid4())),
     ]
@@ -167,10 +168,10 @@ async def test_duplicates_5_times_and_50_copies_across_3_consumers_apply_once(
             MARKETS_EVENTS,
         )
         assert [o["event_type"] for o in outbound] == [
-            "market.registered",
-            "market.approval_requested",
-            "market.activated",
-            "token.deployment_requested",
+            Announced.REGISTERED,
+            Announced.APPROVAL_REQUESTED,
+            Announced.ACTIVATED,
+            Announced.TOKEN_DEPLOYMENT_REQUESTED,
         ]
     statuses = await flow.db.fetch("SELECT processing_status FROM processed_events")
     assert [s["processing_status"] for s in statuses] == ["success", "success"]

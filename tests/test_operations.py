@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
+from app.markets.events import Decided
 from app.settings import load_settings
 from outbox import ENTITY_PERMISSIONS_DEAD, MARKETS_EVENTS
 from relay.retention import Deleted, apply_retention
@@ -101,9 +102,7 @@ async def test_metrics_move_through_register_approve_and_fail(flow: Flow) -> Non
                 sample("market_outbox_backlog"): 0,
                 sample("market_processed_events_recent", status="success", window="1h"): 1,
                 sample("market_processed_events_recent", status="failed", window="1h"): 1,
-                sample(
-                    "market_processed_events", status="success", event_type="market.approved"
-                ): 1,
+                sample("market_processed_events", status="success", event_type=Decided.APPROVED): 1,
                 sample("market_decision_latency_seconds_gcount"): 1,
                 # registered, approval_requested, activated, token.deployment_requested
                 sample("market_stream_length", stream="markets:events"): 4,
