@@ -147,16 +147,22 @@ async def create_pool(
     return pool
 
 
+# Rows each retention transaction deletes: few enough that its locks are short.
+DELETE_BATCH: Final = 1000
+
+
 async def delete_in_batches(
     db: asyncpg.Pool | PoolConnectionProxy | asyncpg.Connection,
     statement: str,
     older_than: datetime,
-    batch: int,
+    batch: int = DELETE_BATCH,
     stop: asyncio.Event | None = None,
 ) -> int:
-    """Run a `DELETE ... LIMIT $2` of rows older than $1 until fewer than `batch` go.
+    """Run a `DELETE ... LIMIT $2` of rows older than $1 until fewer than `batch` go, or
+    until `stop` is set (checked before each batch, so a set one deletes nothing more).
 
-    Small transactions keep locks short and let retention run beside the traffic.
+    Every retained table's repository deletes through here. Small transactions keep
+    locks short and let retention run beside the traffic.
     """
     deleted = 0
     while stop is None or not stop.is_set():

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import msgspec
 
 from app.app_error import AppError, FieldError
-from app.db import Connection
+from app.db import DELETE_BATCH, Connection, delete_in_batches
 
 
 class IdempotencyConflict(AppError):
@@ -36,7 +39,7 @@ def fingerprint(request: msgspec.Struct) -> str:
 
 
 class IdempotencyRepository:
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection | asyncpg.Pool) -> None:
         self._connection = connection
 
     async def claim(self, key: str, request_fingerprint: str) -> StoredResponse | None:
@@ -72,4 +75,24 @@ class IdempotencyRepository:
             key,
             response.status,
             response.body,
+        )
+
+    async def delete_keys_created_before(
+        self,
+        older_than: datetime,
+        batch: int = DELETE_BATCH,
+        stop: asyncio.Event | None = None,
+    ) -> int:
+        """Delete keys first used before `older_than`, a small transaction at a time until
+        `stop` is set: a repeat after that is a new request."""
+        return await delete_in_batches(
+            self._connection,
+            """
+            DELETE FROM idempotency_keys WHERE key IN (
+                SELECT key FROM idempotency_keys WHERE created_at < $1 LIMIT $2
+            )
+            """,
+            older_than,
+            batch,
+            stop,
         )

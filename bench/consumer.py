@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from app.approvals.consumer import transaction_groups
+from app.markets.events import Decided
 from app.settings import load_settings
 from bench import tools
 from bench.support import BenchEnv, peak_rss_mb
@@ -57,7 +58,7 @@ async def xadd_decisions(env: BenchEnv, market_ids: list[str]) -> None:
         async with env.redis.pipeline(transaction=False) as pipe:
             for market_id in market_ids[start : start + 1000]:
                 event = new_event(
-                    event_type="market.approved",
+                    event_type=Decided.APPROVED,
                     source="entity_permissions_core",
                     aggregate_type="market",
                     aggregate_id=market_id,

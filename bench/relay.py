@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from app.markets.events import Announced
 from app.redis_client import entries_of
 from app.settings import load_settings
 from bench import tools
@@ -152,7 +153,7 @@ async def _produce(database_url: str, rate: int, seconds: float) -> dict[str, fl
             if delay > 0:
                 await asyncio.sleep(delay)
             event = new_event(
-                event_type="market.registered",
+                event_type=Announced.REGISTERED,
                 source="bench",
                 aggregate_type="market",
                 aggregate_id=f"market-{n % 100}",

@@ -3,7 +3,13 @@ PostgreSQL transaction, and moved to Redis Streams later by the relay."""
 
 from outbox.envelope import EventEnvelope, new_event
 from outbox.streams import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
-from outbox.writer import NOTIFY_CHANNEL, enqueue, mark_for_republish
+from outbox.writer import (
+    NOTIFY_CHANNEL,
+    delete_event,
+    delete_published_before,
+    enqueue,
+    mark_for_republish,
+)
 
 __all__ = [
     "ENTITY_PERMISSIONS_DEAD",
@@ -11,6 +17,8 @@ __all__ = [
     "MARKETS_EVENTS",
     "NOTIFY_CHANNEL",
     "EventEnvelope",
+    "delete_event",
+    "delete_published_before",
     "enqueue",
     "mark_for_republish",
     "new_event",

@@ -1,15 +1,18 @@
-"""Writing to the outbox: events inside the caller's transaction, and retained rows made
-unpublished again for the relay to publish once more."""
+"""Writing to the outbox: events inside the caller's transaction, retained rows made
+unpublished again for the relay to publish once more, and rows deleted (one event's, for
+a replay under its own id; published ones past the retention window)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
+import asyncpg
 import msgspec
 
-from app.db import Connection
+from app.db import DELETE_BATCH, Connection, delete_in_batches
 from outbox.envelope import EventEnvelope
 
 # The relay LISTENs on this channel; PostgreSQL delivers a NOTIFY only when the
@@ -80,3 +83,32 @@ async def mark_for_republish(
         )
         await connection.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
     return int(status.split()[-1])
+
+
+async def delete_event(connection: Connection, event_id: str) -> None:
+    """Delete the row of `event_id`, published or not, in the caller's transaction: an
+    event replayed under its own id is enqueued again, which its old row would refuse."""
+    await connection.execute("DELETE FROM outbox WHERE event_id = $1", event_id)
+
+
+async def delete_published_before(
+    db: Connection | asyncpg.Pool,
+    older_than: datetime,
+    batch: int = DELETE_BATCH,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Delete published rows created before `older_than`, a small transaction at a time
+    until `stop` is set; unpublished rows stay, however old."""
+    return await delete_in_batches(
+        db,
+        """
+        DELETE FROM outbox WHERE id IN (
+            SELECT id FROM outbox
+            WHERE created_at < $1 AND published_at IS NOT NULL
+            ORDER BY id LIMIT $2
+        )
+        """,
+        older_than,
+        batch,
+        stop,
+    )

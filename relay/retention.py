@@ -11,18 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Final
 
 import asyncpg
 import msgspec
 
+import outbox
 from app.approvals.processed_events import ProcessedEventRepository
-from app.db import delete_in_batches
+from app.idempotency import IdempotencyRepository
 from app.settings import Settings
 
 log = logging.getLogger("relay.retention")
-
-BATCH: Final = 1000
 
 
 class Deleted(msgspec.Struct, frozen=True):
@@ -33,25 +31,6 @@ class Deleted(msgspec.Struct, frozen=True):
     @property
     def total(self) -> int:
         return self.outbox + self.processed_events + self.idempotency_keys
-
-
-async def delete_expired_outbox(
-    pool: asyncpg.Pool, older_than: datetime, stop: asyncio.Event | None = None
-) -> int:
-    """Delete published rows created before `older_than`, a small transaction at a time."""
-    return await delete_in_batches(
-        pool,
-        """
-        DELETE FROM outbox WHERE id IN (
-            SELECT id FROM outbox
-            WHERE created_at < $1 AND published_at IS NOT NULL
-            ORDER BY id LIMIT $2
-        )
-        """,
-        older_than,
-        BATCH,
-        stop,
-    )
 
 
 async def _vacuum(pool: asyncpg.Pool, deleted: Deleted) -> None:
@@ -75,29 +54,23 @@ async def apply_retention(
     pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event | None = None
 ) -> Deleted:
     now = datetime.now(UTC)
-    outbox = await delete_expired_outbox(
-        pool, now - timedelta(hours=settings.outbox_retention_hours), stop
+    # Each table's repository deletes through one batching loop (app.db.delete_in_batches),
+    # which checks `stop` before every batch: once set, none of the three deletes more.
+    outbox_rows = await outbox.delete_published_before(
+        pool, now - timedelta(hours=settings.outbox_retention_hours), stop=stop
     )
     processed = await ProcessedEventRepository(pool).delete_old_processed_events(
-        now - timedelta(days=settings.processed_events_retention_days), BATCH
+        now - timedelta(days=settings.processed_events_retention_days), stop=stop
     )
-    keys = await delete_in_batches(
-        pool,
-        """
-        DELETE FROM idempotency_keys WHERE key IN (
-            SELECT key FROM idempotency_keys WHERE created_at < $1 LIMIT $2
-        )
-        """,
-        now - timedelta(hours=settings.idempotency_key_retention_hours),
-        BATCH,
-        stop,
+    keys = await IdempotencyRepository(pool).delete_keys_created_before(
+        now - timedelta(hours=settings.idempotency_key_retention_hours), stop=stop
     )
-    deleted = Deleted(outbox, processed, keys)
+    deleted = Deleted(outbox_rows, processed, keys)
     await _vacuum(pool, deleted)
     if deleted.total:
         log.info(
             "retention: deleted %d outbox rows, %d processed events, %d idempotency keys",
-            outbox,
+            outbox_rows,
             processed,
             keys,
             extra=msgspec.structs.asdict(deleted),

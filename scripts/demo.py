@@ -19,6 +19,7 @@ import httpx
 import redis.asyncio as redis
 
 from app.logging import address_of
+from app.markets.events import Announced
 from app.redis_client import entries_of
 from app.settings import Settings
 from scripts.run import SIMULATOR_PORT, local_settings
@@ -109,7 +110,7 @@ async def demo(settings: Settings) -> None:
             for _, fields in entries_of(await client.xrevrange("markets:events", count=200)):
                 if (
                     fields["aggregate_id"] == market_id
-                    and fields["event_type"] == "market.approval_requested"
+                    and fields["event_type"] == Announced.APPROVAL_REQUESTED
                 ):
                     return fields
             return None

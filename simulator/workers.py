@@ -11,6 +11,7 @@ import httpx
 import redis.asyncio as redis
 
 from app.backoff import Backoff
+from app.markets.events import Announced
 from app.redis_client import read_group
 from app.webhooks import standard
 from outbox import MARKETS_EVENTS
@@ -41,7 +42,7 @@ async def read_approval_requests(
             start = ">"
             continue
         for _, fields in entries:
-            if fields and fields.get("event_type") == "market.approval_requested":
+            if fields and fields.get("event_type") == Announced.APPROVAL_REQUESTED:
                 registry.request_approval(json.loads(fields["payload"]))
                 log.info("approval requested for market %s", fields["aggregate_id"])
         if entries:

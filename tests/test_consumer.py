@@ -10,8 +10,15 @@ from typing import Any
 import asyncpg
 import httpx
 
+from app.markets.events import Announced, Decided
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
-from tests.support.approvals import GROUP, pending, wait_processed
+from tests.support.approvals import (
+    GROUP,
+    pending,
+    poison_record,
+    poisoned_consumer,
+    wait_processed,
+)
 from tests.support.flow import Flow, decision_event
 from tests.support.outbox import read_stream, wait_until
 from tests.support.postgres_server import PostgresServer
@@ -65,10 +72,10 @@ async def test_an_approval_on_the_stream_activates_the_market(flow: Flow) -> Non
 
     await wait_until(outbound_there, 30, "the outbound events on markets:events")
     assert await outbound_types(flow, market["id"]) == [
-        "market.registered",
-        "market.approval_requested",
-        "market.activated",
-        "token.deployment_requested",
+        Announced.REGISTERED,
+        Announced.APPROVAL_REQUESTED,
+        Announced.ACTIVATED,
+        Announced.TOKEN_DEPLOYMENT_REQUESTED,
     ]
     status = await flow.db.fetchval("SELECT processing_status FROM processed_events")
     assert status == "success"
@@ -88,7 +95,7 @@ async def test_a_rejection_stores_its_reason(flow: Flow) -> None:
     await flow.all_published()
 
     async def rejected_there() -> bool:
-        return "market.rejected" in await outbound_types(flow, market["id"])
+        return Announced.REJECTED in await outbound_types(flow, market["id"])
 
     await wait_until(rejected_there, 30, "market.rejected on markets:events")
 
@@ -107,7 +114,7 @@ async def test_outcomes_follow_the_seed_statuses(flow: Flow) -> None:
         decision_event(str(uuid.uuid4()), event_id="ghost-1"),
         decision_event("not-a-uuid", event_id="bad-1"),
         decision_event(
-            approved, "rejected", event_id="contradiction-1", event_type="market.approved"
+            approved, "rejected", event_id="contradiction-1", event_type=Decided.APPROVED
         ),
         decision_event(approved, event_id="wrong-entity-1", entity_id=str(uuid.uuid4())),
     ]
@@ -161,10 +168,10 @@ async def test_duplicates_5_times_and_50_copies_across_3_consumers_apply_once(
             MARKETS_EVENTS,
         )
         assert [o["event_type"] for o in outbound] == [
-            "market.registered",
-            "market.approval_requested",
-            "market.activated",
-            "token.deployment_requested",
+            Announced.REGISTERED,
+            Announced.APPROVAL_REQUESTED,
+            Announced.ACTIVATED,
+            Announced.TOKEN_DEPLOYMENT_REQUESTED,
         ]
     statuses = await flow.db.fetch("SELECT processing_status FROM processed_events")
     assert [s["processing_status"] for s in statuses] == ["success", "success"]
@@ -255,23 +262,8 @@ async def test_postgres_stopped_for_10_s_leaves_entries_pending_then_applies_the
         await db.close()
 
 
-def poison(market_id: str, event_id: str = "poison") -> dict[str, str]:
-    """The stream fields of a decision that fails on every delivery: PostgreSQL cannot
-    store the NUL character of its reason."""
-    return decision_event(market_id, "rejected", event_id=event_id, reason="\x00").stream_fields(0)
-
-
-async def poison_record(flow: Flow, event_id: str = "poison") -> asyncpg.Record | None:
-    return await flow.db.fetchrow("SELECT * FROM processed_events WHERE event_id = $1", event_id)
-
-
 async def test_a_poison_entry_is_dead_lettered_after_max_deliveries(flow: Flow) -> None:
-    _, api = flow.start_api()
-    [market] = await flow.register_markets(api, 1)
-    consumer = flow.launch_consumer(0, MAX_DELIVERIES="3", CLAIM_IDLE_MS="200")
-    consumer.wait_for_log("consuming")
-
-    entry_id = await flow.stream.xadd(ENTITY_PERMISSIONS_EVENTS, poison(market["id"]))
+    api, market_id, _, entry_id = await poisoned_consumer(flow)
 
     async def dead_lettered_recorded_and_acked() -> bool:
         # The dead letter read first: once it is there, its record must already be.
@@ -293,22 +285,15 @@ async def test_a_poison_entry_is_dead_lettered_after_max_deliveries(flow: Flow) 
     assert (row["processing_status"], row["processing_reason"]) == ("failed", "dead_lettered")
     assert row["attempts"] == 3
     assert json.loads(row["payload"])["payload"]["reason"] == "\\u0000"
-    detail = await market_of(api, market["id"])
+    detail = await market_of(api, market_id)
     assert detail["market"]["status"] == "pending_approval"
 
 
 async def test_a_dead_letter_not_appended_leaves_the_entry_recorded_and_pending_until_it_is(
     flow: Flow,
 ) -> None:
-    _, api = flow.start_api()
-    [market] = await flow.register_markets(api, 1)
-    # The dead-letter stream's key holds a string: every read of it and append to it
-    # fails (WRONGTYPE), as when Redis fails between the record and the append.
-    await flow.stream.set(ENTITY_PERMISSIONS_DEAD, "not a stream")
-    consumer = flow.launch_consumer(0, MAX_DELIVERIES="3", CLAIM_IDLE_MS="200")
-    consumer.wait_for_log("consuming")
-
-    entry_id = await flow.stream.xadd(ENTITY_PERMISSIONS_EVENTS, poison(market["id"]))
+    # As when Redis fails between the record and the append.
+    _, _, consumer, entry_id = await poisoned_consumer(flow, dead_letters_fail=True)
     first = consumer.wait_for_log(f"could not dead-letter {entry_id} yet", 60)
     row = await poison_record(flow)
     assert row is not None, "the dead letter was attempted before the failure was recorded"
@@ -336,13 +321,7 @@ async def test_a_dead_letter_not_appended_leaves_the_entry_recorded_and_pending_
 async def test_an_entry_dead_lettered_but_not_acknowledged_is_not_dead_lettered_twice(
     flow: Flow,
 ) -> None:
-    _, api = flow.start_api()
-    [market] = await flow.register_markets(api, 1)
-    await flow.stream.set(ENTITY_PERMISSIONS_DEAD, "not a stream")
-    consumer = flow.launch_consumer(0, MAX_DELIVERIES="3", CLAIM_IDLE_MS="200")
-    consumer.wait_for_log("consuming")
-
-    entry_id = await flow.stream.xadd(ENTITY_PERMISSIONS_EVENTS, poison(market["id"]))
+    _, _, consumer, entry_id = await poisoned_consumer(flow, dead_letters_fail=True)
     consumer.wait_for_log(f"could not dead-letter {entry_id} yet", 60)
     # As if an earlier delivery had appended the dead letter and stopped before the ack:
     # in one transaction, so that the consumer never sees the stream without it.

@@ -29,6 +29,7 @@ from app.inbound.poller import (
 )
 from app.json_limits import TOO_DEEP_MARKER
 from app.leadership import POLLER_LOCK, lock_key
+from app.markets.events import Decided
 from app.settings import load_settings
 from tests.conftest import DATABASE_URL
 from tests.support.admin import ADMIN, TOKEN
@@ -126,7 +127,7 @@ async def test_item_9_the_webhook_reports_a_different_copy_under_a_recorded_even
     }
     rejected = {
         **first,
-        "event_type": "market.rejected",
+        "event_type": Decided.REJECTED,
         "payload": {**first["payload"], "decision": "rejected"},
     }
     elsewhere = {**first, "payload": {**first["payload"], "market_id": str(uuid.uuid4())}}

@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 
 import httpx
 
+from app.markets.events import Announced
 from tests.support.feed import API_KEY, polling
 from tests.support.flow import Flow
 from tests.support.outbox import wait_until
@@ -134,7 +135,7 @@ async def test_concurrent_decisions_by_both_paths_end_as_the_model_says(flow: Fl
     )
     approved = sum(1 for row in rows if row["decision"] == "approved")
     assert outbound == {
-        "market.activated": approved,
-        "token.deployment_requested": approved,
-        "market.rejected": MARKETS - approved,
+        Announced.ACTIVATED: approved,
+        Announced.TOKEN_DEPLOYMENT_REQUESTED: approved,
+        Announced.REJECTED: MARKETS - approved,
     }

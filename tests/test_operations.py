@@ -13,7 +13,10 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
+from app.markets.events import Decided
+from app.settings import load_settings
 from outbox import ENTITY_PERMISSIONS_DEAD, MARKETS_EVENTS
+from relay.retention import Deleted, apply_retention
 from tests.conftest import DATABASE_URL, TABLES, service_env
 from tests.support.admin import ADMIN, TOKEN, alerts
 from tests.support.flow import Flow, decision_event
@@ -99,9 +102,7 @@ async def test_metrics_move_through_register_approve_and_fail(flow: Flow) -> Non
                 sample("market_outbox_backlog"): 0,
                 sample("market_processed_events_recent", status="success", window="1h"): 1,
                 sample("market_processed_events_recent", status="failed", window="1h"): 1,
-                sample(
-                    "market_processed_events", status="success", event_type="market.approved"
-                ): 1,
+                sample("market_processed_events", status="success", event_type=Decided.APPROVED): 1,
                 sample("market_decision_latency_seconds_gcount"): 1,
                 # registered, approval_requested, activated, token.deployment_requested
                 sample("market_stream_length", stream="markets:events"): 4,
@@ -361,6 +362,33 @@ async def test_retention_deletes_only_what_is_old(db: asyncpg.Connection, log_di
         "SELECT relname FROM pg_stat_user_tables WHERE last_vacuum > $1 ORDER BY relname", started
     )
     assert [r["relname"] for r in vacuumed] == ["idempotency_keys", "outbox", "processed_events"]
+
+
+async def test_retention_with_stop_set_deletes_nothing_more(db: asyncpg.Connection) -> None:
+    """`stop` (the relay shutting down) ends retention between batches in every table:
+    none of the three deletes starts another batch once it is set."""
+    await record(db, "success", 3, age="40 days")
+    await seed_outbox(db, 4, age="200 hours", published=True)
+    await db.execute(
+        """
+        INSERT INTO idempotency_keys (key, request_fingerprint, response_status, response_body,
+                                      created_at)
+        VALUES ('old', 'f', 201, '{}', now() - interval '2 days')
+        """
+    )
+    stop = asyncio.Event()
+    stop.set()
+    pool = await asyncpg.create_pool(DATABASE_URL, min_size=1, max_size=1)
+    try:
+        settings = load_settings(service_env(), dotenv=None)
+        deleted = await apply_retention(pool, settings, stop)
+    finally:
+        await pool.close()
+
+    assert deleted == Deleted(outbox=0, processed_events=0, idempotency_keys=0)
+    assert await db.fetchval("SELECT count(*) FROM processed_events") == 3
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 4
+    assert await db.fetchval("SELECT count(*) FROM idempotency_keys") == 1
 
 
 # Issue item 6: /ready and /metrics.

@@ -11,6 +11,7 @@ import pytest
 from app.approvals.domain import Status
 from app.approvals.processed_events import ProcessedEventRepository, ProcessedEventRow
 from app.db import init_connection
+from app.markets.events import Decided
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ async def record(
 ) -> bool:
     fields: dict[str, Any] = {
         "event_id": event_id,
-        "event_type": "market.approved",
+        "event_type": Decided.APPROVED,
         "source": "entity_permissions_core",
         "status": status,
         "error": None if status == Status.SUCCESS else "why",

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from app.json_limits import MAX_NESTING, cap_nesting, nesting_depth
+from app.markets.events import Announced
 from app.validation import RequestValidationError, decode_json
 from app.webhooks import standard
 from app.webhooks.guard import SourceGuard
@@ -111,8 +112,8 @@ async def assert_stored_as_sent(
         market_id,
     )
     assert [(e["stream"], e["event_type"]) for e in events] == [
-        ("markets:events", "market.registered"),
-        ("markets:events", "market.approval_requested"),
+        ("markets:events", Announced.REGISTERED),
+        ("markets:events", Announced.APPROVAL_REQUESTED),
     ]
     registered, requested = (json_value(e["payload"]) for e in events)
     assert registered["market"]["name"] == body["name"]

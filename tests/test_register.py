@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from app.json_limits import MAX_NESTING
+from app.markets.events import Announced
 from tests.support.json_strategies import nested_json, with_asset_details_nested
 from tests.support.markets import REGISTER, seed_body
 
@@ -45,7 +46,7 @@ async def test_register_commits_market_asset_and_both_outbox_rows(
     asset_row = await db.fetchrow("SELECT * FROM assets WHERE market_id = $1", row["id"])
     assert asset_row is not None and asset_row["token_symbol"] == "TEST"
     outbox = await db.fetch("SELECT * FROM outbox ORDER BY id")
-    assert [r["event_type"] for r in outbox] == ["market.registered", "market.approval_requested"]
+    assert [r["event_type"] for r in outbox] == [Announced.REGISTERED, Announced.APPROVAL_REQUESTED]
     assert {r["stream"] for r in outbox} == {"markets:events"}
     assert {r["aggregate_id"] for r in outbox} == {market["id"]}
     assert all(r["published_at"] is None for r in outbox)

@@ -21,6 +21,7 @@ import redis.asyncio as redis
 
 from app.inbound.events import read_event_json
 from app.json_limits import MAX_NESTING
+from app.markets.events import Decided
 from app.validation import RequestValidationError
 from app.webhooks import standard
 from app.webhooks.guard import SourceGuard
@@ -280,7 +281,7 @@ async def test_other_event_types_need_neither_entity_id_nor_context(
         pytest.param(seed_event(context={"actor_id": ""}), id="empty actor_id"),
         pytest.param(
             seed_event(
-                event_type="market.rejected",
+                event_type=Decided.REJECTED,
                 payload={**seed_event()["payload"], "decision": "rejected", "reason": "KYC"},
             ),
             id="a rejection",
@@ -905,7 +906,7 @@ async def test_decisions_accepted_before_entity_id_and_actor_id_were_required_ar
     legacy = [
         new_event(
             event_id=f"legacy-{market_id}",
-            event_type="market.approved",
+            event_type=Decided.APPROVED,
             source="entity_permissions_core",
             aggregate_type="market",
             aggregate_id=market_id,

@@ -18,11 +18,12 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-import asyncpg
 import msgspec
 
+import outbox
 from app.app_error import AppError, FieldError
 from app.approvals.domain import Status
+from app.approvals.processed_events import ProcessedEvent
 from app.inbound.events import UnreadableEntry, read_event_json, read_stream_entry
 from app.inbound.intake import enqueue_new
 from app.inbound.unreadable import kept_document, kept_entry_fields
@@ -59,35 +60,18 @@ async def replay(
     `actor` (who asked), in one transaction; returns the event_id the consumer will
     apply it under. The admin API and the operator console both replay through here."""
     async with uow:
-        row = await uow.connection.fetchrow(
-            """
-            SELECT event_id, event_type, source, processing_status, processing_error, payload
-            FROM processed_events WHERE event_id = $1 FOR UPDATE
-            """,
-            event_id,
-        )
-        if row is None:
+        record = await uow.processed_events.lock_processed_event(event_id)
+        if record is None:
             raise UnknownEvent(event_id)
-        if row["processing_status"] == Status.SUCCESS and not force:
+        if record.processing_status == Status.SUCCESS and not force:
             raise NotReplayable(f"{event_id} succeeded; replay it only with force=true")
-        event = reread(row)
-        await uow.connection.execute(
-            """
-            INSERT INTO event_replays (event_id, previous_status, previous_error, forced,
-                                       replayed_by)
-            VALUES ($1, $2, $3, $4, $5)
-            """,
-            event_id,
-            row["processing_status"],
-            row["processing_error"],
-            force,
-            actor[:255] if actor else None,
-        )
+        event = reread(record)
+        await uow.processed_events.record_replay(record, forced=force, actor=actor)
         # The record gives way to the replayed event's own; so does the retained outbox
         # row of an event replayed under its own id.
-        await uow.connection.execute("DELETE FROM processed_events WHERE event_id = $1", event_id)
+        await uow.processed_events.delete_processed_event(event_id)
         if event.event_id == event_id:
-            await uow.connection.execute("DELETE FROM outbox WHERE event_id = $1", event_id)
+            await outbox.delete_event(uow.connection, event_id)
         replayed = msgspec.structs.replace(event, context={**event.context, "replayed": True})
         intake = await enqueue_new(uow, [replayed])
         if not intake.accepted:
@@ -100,33 +84,35 @@ async def replay(
     return event.event_id
 
 
-def reread(row: asyncpg.Record) -> EventEnvelope:
+def reread(record: ProcessedEvent) -> EventEnvelope:
     """The event a failed record holds, read again; StillUnreadable naming why not."""
-    kept: dict[str, Any] = row["payload"] if isinstance(row["payload"], dict) else {}
+    # The column is jsonb, whatever the struct's annotation says: any document may be there.
+    payload: object = record.payload
+    kept: dict[str, Any] = payload if isinstance(payload, dict) else {}
     try:
-        return _read_kept(row, kept)
+        return _read_kept(record, kept)
     except RequestValidationError as invalid:
-        raise StillUnreadable(row["event_id"], invalid.errors) from None
+        raise StillUnreadable(record.event_id, invalid.errors) from None
     except UnreadableEntry as unreadable:
-        raise StillUnreadable(row["event_id"], [FieldError("entry", str(unreadable))]) from None
+        raise StillUnreadable(record.event_id, [FieldError("entry", str(unreadable))]) from None
 
 
-def _read_kept(row: asyncpg.Record, kept: dict[str, Any]) -> EventEnvelope:
+def _read_kept(record: ProcessedEvent, kept: dict[str, Any]) -> EventEnvelope:
     is_feed_event, document = kept_document(kept)
     if is_feed_event:
         if document is None:
-            reason = f"not kept: {row['processing_error']}"
+            reason = f"not kept: {record.processing_error}"
             raise RequestValidationError.single("document", reason)
         # Kept as its page was read: a value the page's nesting cap dropped is still
         # missing, and replaying the rest would apply another event than the one sent.
         return read_event_json(_encode(document), capped=True)
-    fields = kept_entry_fields(kept, row["processing_error"])
+    fields = kept_entry_fields(kept, record.processing_error)
     if fields is not None:
         return read_stream_entry(fields)
     rebuilt = {
-        "event_id": row["event_id"],
-        "event_type": row["event_type"],
-        "source": row["source"],
+        "event_id": record.event_id,
+        "event_type": record.event_type,
+        "source": record.source,
         "payload": kept.get("payload"),
         "context": kept.get("context", {}),
     }

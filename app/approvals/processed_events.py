@@ -7,6 +7,7 @@ transaction as the change the event causes, so an event changes state at most on
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -15,7 +16,7 @@ import asyncpg
 import msgspec
 
 from app.approvals.domain import Reason, Status
-from app.db import Connection, delete_in_batches
+from app.db import DELETE_BATCH, Connection, delete_in_batches
 from app.wire import WireStruct
 
 _encode = msgspec.json.Encoder().encode
@@ -142,6 +143,37 @@ class ProcessedEventRepository:
         )
         return {record["event_id"] for record in inserted}
 
+    async def lock_processed_event(self, event_id: str) -> ProcessedEvent | None:
+        """The record of `event_id`, locked until the transaction ends: a replay reads
+        it, audits it and takes it away without another replay doing so meanwhile."""
+        row = await self._db.fetchrow(
+            f"SELECT {_COLUMNS} FROM processed_events WHERE event_id = $1 FOR UPDATE",  # noqa: S608
+            event_id,
+        )
+        return None if row is None else ProcessedEvent(**dict(row))
+
+    async def record_replay(
+        self, event: ProcessedEvent, *, forced: bool, actor: str | None
+    ) -> None:
+        """Audit a replay in event_replays: what the record said before, whether it was
+        forced, and who asked (cut to the column's 255 characters)."""
+        await self._db.execute(
+            """
+            INSERT INTO event_replays (event_id, previous_status, previous_error, forced,
+                                       replayed_by)
+            VALUES ($1, $2, $3, $4, $5)
+            """,
+            event.event_id,
+            event.processing_status,
+            event.processing_error,
+            forced,
+            actor[:255] if actor else None,
+        )
+
+    async def delete_processed_event(self, event_id: str) -> None:
+        """Take the record away, so that the event under `event_id` is applied again."""
+        await self._db.execute("DELETE FROM processed_events WHERE event_id = $1", event_id)
+
     async def find_processed_event_by_id(self, event_id: str) -> ProcessedEvent | None:
         row = await self._db.fetchrow(
             f"SELECT {_COLUMNS} FROM processed_events WHERE event_id = $1",  # noqa: S608
@@ -235,8 +267,14 @@ class ProcessedEventRepository:
         )
         return int(count)
 
-    async def delete_old_processed_events(self, older_than: datetime, batch: int = 1000) -> int:
-        """Delete events received before `older_than`, a small transaction at a time."""
+    async def delete_old_processed_events(
+        self,
+        older_than: datetime,
+        batch: int = DELETE_BATCH,
+        stop: asyncio.Event | None = None,
+    ) -> int:
+        """Delete events received before `older_than`, a small transaction at a time
+        until `stop` is set."""
         return await delete_in_batches(
             self._db,
             """
@@ -246,4 +284,5 @@ class ProcessedEventRepository:
             """,
             older_than,
             batch,
+            stop,
         )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as redis
 
+from app.markets.events import Announced
 from outbox import ENTITY_PERMISSIONS_DEAD, ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
 from tests.support.load import Accepted
 from tests.support.outbox import check_stream_against_outbox, read_stream, unpublished
@@ -17,14 +18,14 @@ CONSUMER_GROUP = "market-approvals"
 OUTBOUND = {
     "approved": Counter(
         {
-            "market.registered": 1,
-            "market.approval_requested": 1,
-            "market.activated": 1,
-            "token.deployment_requested": 1,
+            Announced.REGISTERED: 1,
+            Announced.APPROVAL_REQUESTED: 1,
+            Announced.ACTIVATED: 1,
+            Announced.TOKEN_DEPLOYMENT_REQUESTED: 1,
         }
     ),
     "rejected": Counter(
-        {"market.registered": 1, "market.approval_requested": 1, "market.rejected": 1}
+        {Announced.REGISTERED: 1, Announced.APPROVAL_REQUESTED: 1, Announced.REJECTED: 1}
     ),
 }
 FINAL_STATUS = {"approved": "active", "rejected": "rejected"}

@@ -17,6 +17,7 @@ from app.approvals.domain import (
     read_decision,
 )
 from app.markets.domain import Asset, AssetType, Market, MarketStatus
+from app.markets.events import Announced, Decided
 from outbox import EventEnvelope, new_event
 
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)
@@ -115,8 +116,8 @@ def test_approval_activates_and_requests_the_token() -> None:
     assert (verdict.market.decided_by, verdict.market.decided_at) == ("admin-7", NOW)
     assert (verdict.market.updated_at, verdict.market.rejection_reason) == (NOW, None)
     assert [e.event_type for e in verdict.events] == [
-        "market.activated",
-        "token.deployment_requested",
+        Announced.ACTIVATED,
+        Announced.TOKEN_DEPLOYMENT_REQUESTED,
     ]
     activated, deployment = verdict.events
     assert activated.context == {"causation_id": "evt-1", "actor_id": "admin-7"}
@@ -134,7 +135,7 @@ def test_rejection_records_the_reason() -> None:
     assert verdict.market.status is MarketStatus.REJECTED
     assert verdict.market.rejection_reason == "documents missing"
     [rejected] = verdict.events
-    assert rejected.event_type == "market.rejected"
+    assert rejected.event_type == Announced.REJECTED
     assert rejected.payload["reason"] == "documents missing"
     assert rejected.payload["decided_by"] == "admin-7"
 
@@ -159,7 +160,7 @@ MARKET_ID = uuid.uuid4()
 
 @pytest.mark.parametrize(
     ("event_type", "decision", "approved"),
-    [("market.approved", "approved", True), ("market.rejected", "rejected", False)],
+    [(Decided.APPROVED, "approved", True), (Decided.REJECTED, "rejected", False)],
 )
 def test_a_decision_agreeing_with_its_event_type_is_read(
     event_type: str, decision: str, approved: bool
@@ -179,7 +180,7 @@ def test_a_decision_agreeing_with_its_event_type_is_read(
 
 @pytest.mark.parametrize(
     ("event_type", "decision"),
-    [("market.approved", "rejected"), ("market.rejected", "approved")],
+    [(Decided.APPROVED, "rejected"), (Decided.REJECTED, "approved")],
 )
 def test_a_decision_contradicting_its_event_type_is_invalid(event_type: str, decision: str) -> None:
     with pytest.raises(InvalidDecision, match=f"contradicts {event_type}"):
@@ -197,9 +198,11 @@ def test_a_decision_contradicting_its_event_type_is_invalid(event_type: str, dec
 )
 def test_an_unreadable_payload_is_invalid(payload: dict[str, Any]) -> None:
     with pytest.raises(InvalidDecision, match="invalid payload"):
-        read_decision(_envelope("market.approved", payload))
+        read_decision(_envelope(Decided.APPROVED, payload))
 
 
-@pytest.mark.parametrize("event_type", ["market.registered", "market.activated", "entity.updated"])
+@pytest.mark.parametrize(
+    "event_type", [Announced.REGISTERED, Announced.ACTIVATED, "entity.updated"]
+)
 def test_other_event_types_carry_no_decision(event_type: str) -> None:
     assert read_decision(_envelope(event_type, {"anything": 1})) is None

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from app.markets.domain import MarketStatus, RegisterMarket, register_market
+from app.markets.events import Announced
 from app.markets.schemas import RegisterMarketRequest
 from app.validation import RequestValidationError, decode_body
 
@@ -40,7 +41,7 @@ def test_a_valid_request_registers_a_pending_market_and_asks_for_approval() -> N
     assert (market.created_at, market.updated_at, market.decided_at) == (NOW, NOW, None)
     assert asset.market_id == market.id
     assert (asset.token_symbol, asset.total_supply) == ("HBR", 2**64)
-    assert [e.event_type for e in events] == ["market.registered", "market.approval_requested"]
+    assert [e.event_type for e in events] == [Announced.REGISTERED, Announced.APPROVAL_REQUESTED]
     assert {e.aggregate_type for e in events} == {"market"}
     assert {e.aggregate_id for e in events} == {str(market.id)}
     assert all(e.context == context for e in events)
