@@ -19,10 +19,10 @@ from app.console.pages import ConsoleFigures
 from app.console.routes import CONSOLE_TEMPLATES, console_router
 from app.db import create_pool
 from app.errors import EXCEPTION_HANDLERS, validate_request_body
-from app.health import HealthController, ReadinessProbe
 from app.logging import address_of, configure_logging
 from app.markets.controller import MarketController
 from app.monitoring.flow import FlowMonitor
+from app.monitoring.health import HealthController, ReadinessProbe
 from app.monitoring.metrics import FLOW, HTTP_METRICS, MetricsController
 from app.openapi import ExactStructSchemaPlugin
 from app.process import secrets_used_by

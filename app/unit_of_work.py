@@ -1,4 +1,16 @@
-"""One PostgreSQL transaction around each use case, with the repositories bound to it."""
+"""One PostgreSQL transaction around each use case, and the outbox events it commits.
+
+A base the features build on, so it knows no feature: it opens the transaction, holds
+its connection, enqueues outbox events in it and commits it. Each use case builds the
+repositories it needs over that connection, where it needs them:
+`MarketRepository(uow.connection)`. A repository is a thin reader and writer of its
+tables over the connection it is given, so binding every one here bought nothing but an
+import of each feature by the module each feature imports: a cycle. Nor does each
+feature get a unit of work of its own binding its repositories (Cosmic Python's way):
+what that buys is swapping the repositories for fakes, which no test here does (they
+run against PostgreSQL), and use cases that span features (a decision changes a market
+and records its event; the console reads both) would need one class per combination.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +23,12 @@ from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
 
 import outbox
-from app.approvals.processed_events import ProcessedEventRepository
-from app.idempotency import IdempotencyRepository
-from app.inbound.cursors import PollerCursorRepository
-from app.markets.repository import MarketRepository
 
 
 class UnitOfWork:
     """`async with uow:` opens the transaction; nothing is kept unless `commit()` is called."""
 
-    connection: PoolConnectionProxy
-    markets: MarketRepository
-    idempotency: IdempotencyRepository
-    processed_events: ProcessedEventRepository
-    cursors: PollerCursorRepository
+    connection: PoolConnectionProxy  # the transaction's, for the repositories of a use case
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -41,10 +45,6 @@ class UnitOfWork:
                 self.connection.terminate()
             await self._pool.release(self.connection)
             raise
-        self.markets = MarketRepository(self.connection)
-        self.idempotency = IdempotencyRepository(self.connection)
-        self.processed_events = ProcessedEventRepository(self.connection)
-        self.cursors = PollerCursorRepository(self.connection)
         return self
 
     async def __aexit__(

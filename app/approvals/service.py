@@ -26,9 +26,9 @@ from app.approvals.domain import (
     decide,
     read_decision,
 )
-from app.approvals.processed_events import ProcessedEventRow
+from app.approvals.processed_events import ProcessedEventRepository, ProcessedEventRow
 from app.markets.domain import Market, Registration
-from app.markets.repository import ApprovalRecord
+from app.markets.repository import ApprovalRecord, MarketRepository
 from app.unit_of_work import UnitOfWork
 from outbox import MARKETS_EVENTS, EventEnvelope
 
@@ -69,11 +69,13 @@ async def apply_events(uow: UnitOfWork, deliveries: Sequence[Delivery]) -> list[
 
 async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str, Outcome | None]:
     async with uow:
+        market_repository = MarketRepository(uow.connection)
+        processed_events = ProcessedEventRepository(uow.connection)
         judged = [_read(delivery.envelope) for delivery in deliveries]
         market_ids = sorted({d.market_id for d in judged if isinstance(d, Decision)})
-        markets = await uow.markets.lock_many(market_ids)
+        markets = await market_repository.lock_many(market_ids)
         # Recorded before (a dead letter, an earlier copy): a duplicate, judged no further.
-        seen = await uow.processed_events.processed_among([d.envelope.event_id for d in deliveries])
+        seen = await processed_events.processed_among([d.envelope.event_id for d in deliveries])
         if seen:
             kept = [
                 (d, j)
@@ -95,7 +97,7 @@ async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str
                 verdicts.append(verdict)
             else:
                 verdicts.append(item)
-        recorded = await uow.processed_events.record_processed_events(
+        recorded = await processed_events.record_processed_events(
             [
                 _row(delivery, verdict)
                 for delivery, verdict in zip(deliveries, verdicts, strict=True)
@@ -120,8 +122,8 @@ async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str
                 approvals.append((verdict.market.id, _approval(item, verdict.market)))
                 events.extend(verdict.events)
         if changed:
-            await uow.markets.save_decisions(list(changed.values()))
-            await uow.markets.record_approvals(approvals)
+            await market_repository.save_decisions(list(changed.values()))
+            await market_repository.record_approvals(approvals)
             await uow.enqueue(MARKETS_EVENTS, events)
         await uow.commit()
     return outcomes
@@ -132,7 +134,7 @@ async def record_failure(uow: UnitOfWork, delivery: Delivery, reason: Reason, er
     already recorded."""
     async with uow:
         row = _row(delivery, Verdict(status=Status.FAILED, error=error, reason=reason))
-        recorded = await uow.processed_events.record_processed_events([row])
+        recorded = await ProcessedEventRepository(uow.connection).record_processed_events([row])
         await uow.commit()
     return bool(recorded)
 

@@ -24,7 +24,7 @@ from litestar.response import Template
 from app.admin import figures
 from app.admin.replay import NotReplayable, StillUnreadable, UnknownEvent, replay
 from app.approvals.domain import Status
-from app.approvals.processed_events import EventCursor, EventFilter
+from app.approvals.processed_events import EventCursor, EventFilter, ProcessedEventRepository
 from app.console import overview, reads
 from app.console.auth import (
     PREFIX,
@@ -36,7 +36,7 @@ from app.console.auth import (
     signed_out,
 )
 from app.markets.domain import MarketStatus
-from app.markets.repository import MarketCursor
+from app.markets.repository import MarketCursor, MarketRepository
 from app.monitoring.flow import STREAMS, FlowMonitor
 from app.unit_of_work import UnitOfWork
 from app.web.pages import is_htmx, page, redirect
@@ -216,7 +216,7 @@ class ConsolePages(Controller):
         if len(search) > MAX_SEARCH:
             raise bad_request("q", f"at most {MAX_SEARCH} characters")
         async with uow:
-            items, cursor = await uow.markets.page(
+            items, cursor = await MarketRepository(uow.connection).page(
                 status=chosen, search=search or None, before=_market_cursor(before)
             )
         return page(
@@ -238,11 +238,12 @@ class ConsolePages(Controller):
         except ValueError:
             raise NotFoundException(f"no market {market_id!r}: not a market id") from None
         async with uow:
-            registration = await uow.markets.get(key)
+            markets = MarketRepository(uow.connection)
+            registration = await markets.get(key)
             if registration is None:
                 raise NotFoundException(f"no market {market_id}")
             rows = await reads.outbox_rows_of(uow.connection, key)
-            approvals = await uow.markets.approval_history(key)
+            approvals = await markets.approval_history(key)
             decisions = await reads.inbound_decisions(uow.connection, rows)
         try:
             rows = await reads.find_entries(client, rows)
@@ -302,7 +303,7 @@ class ConsolePages(Controller):
             until=_time("until", until),
         )
         async with uow:
-            items, cursor = await uow.processed_events.page_processed_events(
+            items, cursor = await ProcessedEventRepository(uow.connection).page_processed_events(
                 chosen, before=_event_cursor(before)
             )
         return page(
@@ -330,7 +331,9 @@ class ConsolePages(Controller):
     ) -> Template:
         event_id = _event_id(id)
         async with uow:
-            record = await uow.processed_events.find_processed_event_by_id(event_id)
+            record = await ProcessedEventRepository(uow.connection).find_processed_event_by_id(
+                event_id
+            )
             queued = await reads.outbox_row(uow.connection, event_id) if record is None else None
             audit, _ = await reads.replay_audit(uow.connection, event_id=event_id)
             if replayed and replayed != event_id:
@@ -380,7 +383,7 @@ class ConsolePages(Controller):
         if moment is None:
             raise bad_request("since", "required: replay the failed events received since when?")
         async with uow:
-            count = await uow.processed_events.count_processed_events(
+            count = await ProcessedEventRepository(uow.connection).count_processed_events(
                 EventFilter(status=Status.FAILED, since=moment)
             )
         return page(
@@ -399,7 +402,9 @@ class ConsolePages(Controller):
         operator = session_of(request).operator
         chosen = EventFilter(status=Status.FAILED, since=moment)
         async with uow:
-            event_ids = await uow.processed_events.event_ids(chosen, MAX_BULK_REPLAY)
+            event_ids = await ProcessedEventRepository(uow.connection).event_ids(
+                chosen, MAX_BULK_REPLAY
+            )
         results: list[tuple[str, str, str]] = []
         for event_id in event_ids:
             try:
@@ -409,7 +414,7 @@ class ConsolePages(Controller):
             else:
                 results.append((event_id, "replayed", replayed_as))
         async with uow:
-            left = await uow.processed_events.count_processed_events(chosen)
+            left = await ProcessedEventRepository(uow.connection).count_processed_events(chosen)
         replayed = sum(1 for _, outcome, _ in results if outcome == "replayed")
         log.info(
             "bulk replay by %s of the failed events since %s: %d replayed, %d refused",

@@ -25,9 +25,10 @@ import asyncpg
 import httpx
 import msgspec
 
-from app.approvals.processed_events import ProcessedEventRow
+from app.approvals.processed_events import ProcessedEventRepository, ProcessedEventRow
 from app.backoff import Backoff, sleep_unless
 from app.db import REFUSED_VALUE_ERRORS, RETRYABLE_ERRORS, create_pool
+from app.inbound.cursors import PollerCursorRepository
 from app.inbound.events import EPC_SOURCE, read_event_json
 from app.inbound.intake import Conflict, enqueue_new, log_conflict
 from app.inbound.unreadable import feed_event_record, printable
@@ -238,7 +239,7 @@ class Poller:
         holder at once, not after the backlog.
         """
         async with UnitOfWork(self._pool) as uow:
-            cursor = await uow.cursors.get(SOURCE)
+            cursor = await PollerCursorRepository(uow.connection).get(SOURCE)
         total = 0
         requested: set[str | None] = set()
         for _ in range(MAX_PAGES_PER_POLL):
@@ -285,8 +286,10 @@ class Poller:
         async with UnitOfWork(self._pool) as uow:
             intake = await enqueue_new(uow, list(events.values()))
             if unreadable:
-                await uow.processed_events.record_processed_events(list(unreadable.values()))
-            await uow.cursors.save(SOURCE, cursor)
+                await ProcessedEventRepository(uow.connection).record_processed_events(
+                    list(unreadable.values())
+                )
+            await PollerCursorRepository(uow.connection).save(SOURCE, cursor)
             await uow.commit()
         return intake.conflicts
 

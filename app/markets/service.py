@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 
 from app.app_error import AppError, FieldError
-from app.idempotency import StoredResponse, fingerprint
+from app.idempotency import IdempotencyRepository, StoredResponse, fingerprint
 from app.markets.domain import RegisterMarket, Registration, register_market
-from app.markets.repository import ApprovalRecord
+from app.markets.repository import ApprovalRecord, MarketRepository
 from app.unit_of_work import UnitOfWork
 from outbox import MARKETS_EVENTS
 
@@ -50,25 +50,27 @@ async def register(
     writes nothing; the same key with a different request raises IdempotencyConflict.
     """
     async with uow:
+        idempotency = IdempotencyRepository(uow.connection)
         if idempotency_key is not None:
-            prior = await uow.idempotency.claim(idempotency_key, fingerprint(command))
+            prior = await idempotency.claim(idempotency_key, fingerprint(command))
             if prior is not None:
                 first = msgspec.convert(prior.body, Registration, strict=False)
                 return RegistrationOutcome(first, replayed=True)
         registration, events = register_market(command, datetime.now(UTC), context)
-        await uow.markets.add(registration)
+        await MarketRepository(uow.connection).add(registration)
         await uow.enqueue(MARKETS_EVENTS, events)
         if idempotency_key is not None:
             body = msgspec.to_builtins(registration)
-            await uow.idempotency.store(idempotency_key, StoredResponse(status=201, body=body))
+            await idempotency.store(idempotency_key, StoredResponse(status=201, body=body))
         await uow.commit()
     return RegistrationOutcome(registration, replayed=False)
 
 
 async def get_market(uow: UnitOfWork, market_id: uuid.UUID) -> MarketDetail:
     async with uow:
-        registration = await uow.markets.get(market_id)
+        markets = MarketRepository(uow.connection)
+        registration = await markets.get(market_id)
         if registration is None:
             raise MarketNotFound(market_id)
-        history = await uow.markets.approval_history(market_id)
+        history = await markets.approval_history(market_id)
     return MarketDetail(registration, history)
