@@ -23,7 +23,7 @@ from app.admin.figures import Stats
 from app.admin.replay import NotReplayable, UnknownEvent, replay
 from app.admin.schemas import AlertList, ProcessedEventPage, ReplayReceipt
 from app.approvals.domain import Status
-from app.approvals.processed_events import ProcessedEvent
+from app.approvals.processed_events import ProcessedEvent, ProcessedEventRepository
 from app.openapi import error_responses
 from app.unit_of_work import UnitOfWork
 from app.validation import WITHOUT_NUL, parse_time
@@ -86,7 +86,7 @@ class AdminController(Controller):
         offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> ProcessedEventPage:
         async with uow:
-            items = await uow.processed_events.list_processed_events(
+            items = await ProcessedEventRepository(uow.connection).list_processed_events(
                 status=status,
                 event_type=event_type,
                 source=source,
@@ -106,7 +106,9 @@ class AdminController(Controller):
         self, uow: NamedDependency[UnitOfWork], event_id: EventIdPath
     ) -> ProcessedEvent:
         async with uow:
-            event = await uow.processed_events.find_processed_event_by_id(event_id)
+            event = await ProcessedEventRepository(uow.connection).find_processed_event_by_id(
+                event_id
+            )
         if event is None:
             raise NotFoundException(f"no processed event {event_id}")
         return event

@@ -23,7 +23,7 @@ import msgspec
 import outbox
 from app.app_error import AppError, FieldError
 from app.approvals.domain import Status
-from app.approvals.processed_events import ProcessedEvent
+from app.approvals.processed_events import ProcessedEvent, ProcessedEventRepository
 from app.inbound.events import UnreadableEntry, read_event_json, read_stream_entry
 from app.inbound.intake import enqueue_new
 from app.inbound.unreadable import kept_document, kept_entry_fields
@@ -60,16 +60,17 @@ async def replay(
     `actor` (who asked), in one transaction; returns the event_id the consumer will
     apply it under. The admin API and the operator console both replay through here."""
     async with uow:
-        record = await uow.processed_events.lock_processed_event(event_id)
+        records = ProcessedEventRepository(uow.connection)
+        record = await records.lock_processed_event(event_id)
         if record is None:
             raise UnknownEvent(event_id)
         if record.processing_status == Status.SUCCESS and not force:
             raise NotReplayable(f"{event_id} succeeded; replay it only with force=true")
         event = reread(record)
-        await uow.processed_events.record_replay(record, forced=force, actor=actor)
+        await records.record_replay(record, forced=force, actor=actor)
         # The record gives way to the replayed event's own; so does the retained outbox
         # row of an event replayed under its own id.
-        await uow.processed_events.delete_processed_event(event_id)
+        await records.delete_processed_event(event_id)
         if event.event_id == event_id:
             await outbox.delete_event(uow.connection, event_id)
         replayed = msgspec.structs.replace(event, context={**event.context, "replayed": True})
