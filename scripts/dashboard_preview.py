@@ -103,8 +103,10 @@ def formatted(value: float, unit: str) -> str:
     if unit == "percentunit":
         return f"{value * 100:.1f}%"
     suffix = {"s": " s", "reqps": " req/s"}.get(unit, "")
-    magnitude = abs(value)
-    text = f"{value:.0f}" if magnitude >= 100 or value == int(value) else f"{value:.3g}"
+    for scale, prefix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{prefix}{suffix}"
+    text = f"{value:.0f}" if abs(value) >= 100 or value == int(value) else f"{value:.3g}"
     return text + suffix
 
 
@@ -145,7 +147,8 @@ def timeseries_svg(
     for n in range(5):
         t = start + (end - start) * n / 4
         parts.append(
-            f'<text x="{x(t):.1f}" y="{height - 4}" class="axis" text-anchor="middle">'
+            f'<text x="{x(t):.1f}" y="{height - 4}" class="axis" '
+            f'text-anchor="{("start", "middle", "middle", "middle", "end")[n]}">'
             f"{time.strftime('%H:%M:%S', time.gmtime(t))}</text>"
         )
     for index, s in enumerate(series):

@@ -92,7 +92,7 @@ async def query(http: httpx.AsyncClient, expr: str, at: float | None = None) -> 
 async def query_range(
     http: httpx.AsyncClient, expr: str, start: float, end: float, step_s: float
 ) -> list[Any]:
-    params = {"query": expr, "start": str(start), "end": str(end), "step": f"{step_s}s"}
+    params = {"query": expr, "start": str(start), "end": str(end), "step": str(step_s)}
     return await _data(await http.get("/api/v1/query_range", params=params))
 
 
