@@ -158,7 +158,7 @@ def timeseries_svg(
     for value, color in lines:
         parts.append(
             f'<line x1="{left}" x2="{width - 8}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
-            f'stroke="{color}" class="threshold"/>'
+            f'stroke="{html.escape(color)}" class="threshold"/>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -171,7 +171,7 @@ def stat_html(panel: Mapping[str, Any], series: list[Series]) -> str:
         last = s.points[-1][1] if s.points else float("nan")
         color = next((c for v, c in reversed(thresholds(panel)) if last >= v), "transparent")
         cells.append(
-            f'<div class="stat" style="background:{color}"><div class="big">'
+            f'<div class="stat" style="background:{html.escape(color)}"><div class="big">'
             f"{html.escape(formatted(last, unit))}</div><div>{html.escape(s.name)}</div></div>"
         )
     return "".join(cells) or '<div class="nodata">No data</div>'

@@ -245,8 +245,6 @@ async def stack(log_dir: Path) -> AsyncIterator[Stack]:
 
 @pytest.fixture(scope="module")
 def prometheus(stack: Stack, log_dir: Path) -> Iterator[PrometheusServer]:
-    if shutil.which("prometheus") is None:
-        pytest.skip("prometheus not installed (Debian: apt-get install prometheus)")
     server = PrometheusServer([f"{stack.api_url}/metrics"], log_dir)
     server.start()
     try:
@@ -315,6 +313,10 @@ def risen(queries: list[tuple[str, str]], range_s: float) -> list[tuple[str, str
     ]
 
 
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None,
+    reason="prometheus not installed (Debian: apt-get install prometheus)",
+)
 async def test_every_panel_query_returns_data_from_prometheus_scraping_the_service(
     stack: Stack, prometheus: PrometheusServer, log_dir: Path
 ) -> None:
