@@ -139,6 +139,18 @@ class Stack:
         for name in self._commands:
             self.start(name)
 
+    def __enter__(self) -> Stack:
+        """Every process started (and, should one fail to start, those started killed)."""
+        try:
+            self.start_all()
+        except BaseException:
+            self.stop_all()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop_all()
+
     def stop(self, name: str, sig: int = signal.SIGKILL) -> int:
         """SIGKILL by default: no shutdown hook runs, whatever the process was doing.
         Returns the exit status (negative: the signal that ended it)."""
