@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import signal
@@ -32,9 +33,11 @@ import httpx
 import pytest
 import redis as sync_redis
 import redis.asyncio as redis
+from opentelemetry.sdk.trace import TracerProvider
 
 from app import tracing
 from app.inbound.events import read_event
+from app.logging import JsonFormatter, TextFormatter
 from app.webhooks import standard
 from outbox import ENTITY_PERMISSIONS_EVENTS, MARKETS_EVENTS
 from tests.conftest import DATABASE_URL, REDIS_URL, service_env
@@ -288,6 +291,11 @@ def test_a_decision_by_webhook_is_one_trace_and_a_forged_context_is_not_believed
     )
     assert_linked(found["decision_applied"], found["webhook_request"])
     assert found["activation_sent"].attributes["messaging.destination.name"] == MARKETS_EVENTS
+    # The consumer's line for the decision, written inside its span, names the trace.
+    applied = found["decision_applied"]
+    traced_stack.processes["consumer-0"].wait_for_log(
+        f"[consumer {trace_id[:8]}/{applied.span_id[:8]}] approvals.consumer: event"
+    )
 
     # Forged: written straight to the stream, past the outbox.
     forged_market = register(api, traceparent()[0])
@@ -485,3 +493,42 @@ def test_a_senders_trace_fields_are_dropped_at_intake() -> None:
     assert tracing.without_trace_context(forged) == {"actor_id": "a"}
     event = read_event(seed_event(context=forged))
     assert event.context == {"actor_id": "a"}
+
+
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch) -> TracerProvider:
+    """Tracing on in this process for one test, with a provider of the test's own (never
+    the global one, which the rest of the session must find unset)."""
+    provider = TracerProvider()
+    monkeypatch.setattr(tracing._Installed, "provider", provider)
+    return provider
+
+
+def _record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("approvals.consumer", logging.INFO, __file__, 1, message, (), None)
+
+
+def test_a_json_line_inside_a_span_carries_its_trace_and_span_ids(
+    recording: TracerProvider,
+) -> None:
+    record = _record("applied")
+    record.event_id, record.market_id = "epc-1", "m-1"
+    with recording.get_tracer("test").start_as_current_span("apply") as span:
+        inside = json.loads(JsonFormatter().format(record))
+    outside = json.loads(JsonFormatter().format(_record("idle")))
+    assert inside["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert inside["span_id"] == format(span.get_span_context().span_id, "016x")
+    assert (inside["event_id"], inside["market_id"]) == ("epc-1", "m-1")
+    assert "trace_id" not in outside
+    assert "span_id" not in outside
+
+
+def test_a_text_line_inside_a_span_carries_a_short_form(recording: TracerProvider) -> None:
+    with recording.get_tracer("test").start_as_current_span("apply") as span:
+        inside = TextFormatter("consumer").format(_record("applied"))
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    span_id = format(span.get_span_context().span_id, "016x")
+    assert f"[consumer {trace_id[:8]}/{span_id[:8]}] approvals.consumer: applied" in inside
+    assert "[consumer] approvals.consumer: idle" in TextFormatter("consumer").format(
+        _record("idle")
+    )
