@@ -25,6 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,16 @@ async def traced_stack(
 def one(spans: list[Span], **wanted: Any) -> Span | None:
     """The one span matching every attribute given (service, name, kind, trace_id,
     parent_span_id...); None until it arrives, and an error if it arrived twice."""
-    found = [s for s in spans if all(getattr(s, k) == v for k, v in wanted.items())]
+    found = [s for s in spans if all(_field(s, k) == v for k, v in wanted.items())]
     assert len(found) <= 1, f"{len(found)} spans match {wanted}"
     return found[0] if found else None
+
+
+def _field(span: Span, name: str) -> Any:
+    """A span's field, or `attributes_id`: its messaging.message.id."""
+    if name == "attributes_id":
+        return span.attributes.get("messaging.message.id")
+    return getattr(span, name)
 
 
 def children(spans: list[Span], parent: Span, **wanted: Any) -> list[Span]:
@@ -152,6 +160,10 @@ def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> An
 def market_status(api: str, market_id: str) -> str:
     response = httpx.get(f"{api}/api/v1/markets/{market_id}", timeout=10)
     return str(response.json()["market"]["status"])
+
+
+def is_active(api: str, market_id: str) -> bool:
+    return market_status(api, market_id) == "active"
 
 
 def register(api: str, header: str) -> str:
@@ -297,46 +309,46 @@ def test_a_decision_by_webhook_is_one_trace_and_a_forged_context_is_not_believed
         f"[consumer {trace_id[:8]}/{applied.span_id[:8]}] approvals.consumer: event"
     )
 
-    # Forged: written straight to the stream, past the outbox.
-    forged_market = register(api, traceparent()[0])
-    event = seed_event(forged_market)
-    forged_context = {
-        "actor_id": "forger",
-        "traceparent": ["00", trace_id, "0123456789abcdef", "01"],  # not a string
-        "tracestate": "k=" + "v" * 1_000_000,  # huge
-    }
+    # Forged: written straight to the stream, past the outbox. One entry's trace fields
+    # are of the wrong types and over the length read; the other's context is huge.
     client = sync_redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    entry_id = client.xadd(
-        ENTITY_PERMISSIONS_EVENTS,
+    forged_contexts = [
         {
-            "event_id": event["event_id"],
-            "event_type": event["event_type"],
-            "source": event["source"],
-            "aggregate_type": "market",
-            "aggregate_id": forged_market,
-            "occurred_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "payload": json.dumps(event["payload"]),
-            "context": json.dumps(forged_context),
-            "outbox_id": "0",
+            "traceparent": ["00", trace_id, "0123456789abcdef", "01"],
+            "tracestate": f"k={'v' * 600}",
         },
-    )
+        {"traceparent": {"00": trace_id}, "tracestate": 7},
+        {"traceparent": header, "tracestate": "k=" + "v" * 1_000_000},
+    ]
+    for forged_context in forged_contexts:
+        forged_market = register(api, traceparent()[0])
+        entry = stream_entry(forged_market, forged_context)
+        entry_id = client.xadd(ENTITY_PERMISSIONS_EVENTS, entry)
+        wait_until(partial(is_active, api, forged_market), "the forged entry applied")
+        forged = spans_of.wait_for(
+            partial(one, service="market-consumer", attributes_id=entry_id),
+            f"the consumer's span of entry {entry_id}",
+        )
+        assert forged.parent_span_id == ""
+        assert forged.links == ()
+        assert forged.trace_id != trace_id
     client.close()
-    wait_until(lambda: market_status(api, forged_market) == "active", "the forged entry applied")
-    forged = spans_of.wait_for(
-        lambda spans: next(
-            (
-                s
-                for s in spans
-                if s.service == "market-consumer"
-                and s.attributes.get("messaging.message.id") == entry_id
-            ),
-            None,
-        ),
-        f"the consumer's span of entry {entry_id}",
-    )
-    assert forged.parent_span_id == ""
-    assert forged.links == ()
-    assert forged.trace_id != trace_id
+
+
+def stream_entry(market_id: str, context: dict[str, Any]) -> dict[str, str]:
+    """A decision as an entry of entity-permissions:events, with the context given."""
+    event = seed_event(market_id)
+    return {
+        "event_id": event["event_id"],
+        "event_type": event["event_type"],
+        "source": event["source"],
+        "aggregate_type": "market",
+        "aggregate_id": market_id,
+        "occurred_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "payload": json.dumps(event["payload"]),
+        "context": json.dumps({"actor_id": "forger", **context}),
+        "outbox_id": "0",
+    }
 
 
 @pytest.mark.parametrize(
