@@ -544,3 +544,47 @@ def test_a_text_line_inside_a_span_carries_a_short_form(recording: TracerProvide
     assert "[consumer] approvals.consumer: idle" in TextFormatter("consumer").format(
         _record("idle")
     )
+
+
+_DESCRIBE_PROVIDER = """
+from opentelemetry import trace
+from app import tracing
+on = tracing.configure("relay")
+provider = trace.get_tracer_provider()
+resource = getattr(provider, "resource", None)
+name = resource.attributes.get("service.name") if resource else None
+print(on, type(provider).__name__, name)
+"""
+
+
+@pytest.mark.parametrize(
+    ("environ", "described"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "console"}, "True TracerProvider market-relay"),
+        (
+            {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "relay-eu-1"},
+            "True TracerProvider relay-eu-1",
+        ),
+        (
+            {"OTEL_TRACES_EXPORTER": "console", "OTEL_RESOURCE_ATTRIBUTES": "service.name=r2"},
+            "True TracerProvider r2",
+        ),
+        ({}, "False ProxyTracerProvider None"),
+        ({"OTEL_TRACES_EXPORTER": "none"}, "False ProxyTracerProvider None"),
+    ],
+)
+def test_each_process_names_itself_unless_the_environment_does(
+    environ: dict[str, str], described: str
+) -> None:
+    """On, the SDK's provider with the resource the environment gives, the process's
+    own name by default; off, the API's proxy: no provider was set."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [sys.executable, "-c", _DESCRIBE_PROVIDER],
+        env={**clean, **environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == described
