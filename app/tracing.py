@@ -85,7 +85,10 @@ def exporter_names(environ: Mapping[str, str] = os.environ) -> list[str]:
 def configure(process: str, environ: Mapping[str, str] = os.environ) -> bool:
     """Set up tracing for `process` if the environment asks for it; whether it is on.
 
-    Raises ConfigError naming the variable when an exporter cannot be loaded or built.
+    `environ` decides whether it is on and which exporters; the SDK's pieces read the
+    process's environment themselves. Raises ConfigError naming the variable when an
+    exporter cannot be loaded or built (other values the SDK cannot read, it warns of
+    and replaces with its default, as its autoconfiguration does).
     The provider flushes and shuts down at interpreter exit (the SDK registers that), so
     the spans of a process that stops gracefully are exported; the HTTP servers, which
     uvicorn ends by its signal, call shutdown() in their lifespan's end.
