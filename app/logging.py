@@ -1,4 +1,5 @@
-"""Log lines for people in development, JSON lines for machines in production."""
+"""Log lines for people in development, JSON lines for machines in production; inside a
+recording span (app/tracing), each carries its trace and span ids."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from app import tracing
 from app.settings import Settings
 
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({})))
@@ -24,9 +26,24 @@ class JsonFormatter(logging.Formatter):
         }
         # Fields passed with `extra=` (event_id, market_id, counts...) ride along.
         line.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRIBUTES})
+        if ids := tracing.log_ids():
+            line["trace_id"], line["span_id"] = ids
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """One line for a person: inside a recording span, the first 8 hex digits of its
+    trace and span ids beside the process name (enough to grep, and to find the trace)."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__(f"%(asctime)s %(levelname)s [{process}%(trace)s] %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        ids = tracing.log_ids()
+        record.trace = f" {ids[0][:8]}/{ids[1][:8]}" if ids else ""
+        return super().format(record)
 
 
 def configure_logging(settings: Settings, process: str = "api") -> None:
@@ -34,9 +51,7 @@ def configure_logging(settings: Settings, process: str = "api") -> None:
     if settings.is_production:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)s [{process}] %(name)s: %(message)s")
-        )
+        handler.setFormatter(TextFormatter(process))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

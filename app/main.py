@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from app import tracing
 from app.admin.controller import ADMIN_COMPONENTS, AdminController
 from app.api_docs import DOCS_PATH, OfflineSwagger
 from app.console.auth import SIGN_IN_PER_MINUTE, ConsoleAccess
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
     settings = settings or get_settings()
     configure_logging(settings)
     settings.check_secrets(secrets_used_by("api"))
+    tracing.configure("api")
     FLOW.polling_enabled = bool(settings.permissions_service_base_url)
     FLOW.stream_maxlen = {stream: settings.maxlen_of(stream) for stream in TRIMMED_STREAMS}
 
@@ -83,6 +85,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
         finally:
             await app.state.redis.aclose()
             await app.state.db_pool.close()
+            tracing.shutdown()
 
     return Litestar(
         route_handlers=[
@@ -94,7 +97,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             console_router(),
         ],
         template_config=template_config(CONSOLE_TEMPLATES),
-        middleware=[HTTP_METRICS.middleware],
+        middleware=[*tracing.asgi_middleware(), HTTP_METRICS.middleware],
         plugins=[ExactStructSchemaPlugin()],
         lifespan=[connections],
         dependencies={

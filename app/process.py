@@ -9,6 +9,7 @@ from typing import Final, NoReturn
 
 import uvicorn
 
+from app import tracing
 from app.logging import configure_logging
 from app.settings import ConfigError, Settings, Uses, get_settings
 
@@ -39,11 +40,13 @@ def settings_or_exit(role: str) -> Settings:
 
 
 def start_process(role: str) -> Settings:
-    """Settings, logging and the secrets check of a command; exits 1 naming what is wrong."""
+    """Settings, logging, the secrets check and tracing (app/tracing: off unless OTEL_*
+    asks for it) of a command; exits 1 naming what is wrong."""
     settings = settings_or_exit(role)
     configure_logging(settings, role)
     try:
         settings.check_secrets(secrets_used_by(role))
+        tracing.configure(role)
     except ConfigError as error:
         refuse_to_start(error)
     return settings

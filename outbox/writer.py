@@ -12,6 +12,7 @@ from typing import Final
 import asyncpg
 import msgspec
 
+from app import tracing
 from app.db import DELETE_BATCH, Connection, delete_in_batches
 from outbox.envelope import EventEnvelope
 
@@ -43,7 +44,8 @@ async def enqueue(connection: Connection, stream: str, events: Sequence[EventEnv
     """Add events for `stream` in the connection's open transaction, in the order given.
 
     Returns the event ids actually inserted: an id already in the outbox is left alone,
-    which is how an inbound event delivered twice is recognised.
+    which is how an inbound event delivered twice is recognised. Each event's context is
+    stored with the trace context of the span current now, if any (app/tracing).
     """
     if not connection.is_in_transaction():
         raise RuntimeError("outbox.enqueue must run inside the caller's transaction")
@@ -56,7 +58,7 @@ async def enqueue(connection: Connection, stream: str, events: Sequence[EventEnv
         [e.aggregate_type for e in events],
         [e.aggregate_id for e in events],
         [_encode(e.payload).decode() for e in events],
-        [_encode(e.context).decode() for e in events],
+        [_encode(tracing.with_trace_context(e.context)).decode() for e in events],
         [e.occurred_at for e in events],
         NOTIFY_CHANNEL,
     )

@@ -27,14 +27,18 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import redis.asyncio as redis
 from asyncpg.pool import PoolConnectionProxy
 from asyncpg.transaction import Transaction
+from opentelemetry.trace import Span, SpanKind
 
+from app import tracing
 from app.backoff import Backoff
 from app.db import RETRYABLE_ERRORS, create_pool
 from app.leadership import RELAY_LOCK, Leadership
@@ -89,6 +93,37 @@ FROM (SELECT pg_terminate_backend(pid, 5000) AS ended FROM pg_stat_activity
       WHERE datname = current_database() AND application_name LIKE $1 || '%'
         AND application_name <> $2) AS earlier
 """
+
+
+def publishing_span(rows: Sequence[Any]) -> AbstractContextManager[Span]:
+    """The span of one batch's append (docs/design.md, Trace context): PRODUCER, linked
+    to the trace context each event was written in, never one span per event."""
+    streams = sorted({row["stream"] for row in rows})
+    attributes: dict[str, Any] = {
+        "messaging.system": "redis",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "xadd",
+        "messaging.batch.message_count": len(rows),
+    }
+    if len(streams) == 1:
+        attributes["messaging.destination.name"] = streams[0]
+    else:
+        attributes["market.streams"] = streams  # one append writes to several streams
+    if len(rows) == 1:
+        attributes["market.event_id"] = rows[0]["event_id"]
+        attributes["market.outbox_id"] = rows[0]["id"]
+    name = f"send {streams[0]}" if len(streams) == 1 else "send"
+    contexts = [tracing.span_context_of_json(row["context"]) for row in rows]
+    return tracing.batch_span(name, SpanKind.PRODUCER, contexts, attributes)
+
+
+def _event_of(rows: Sequence[Any]) -> dict[str, str]:
+    """The event_id and market_id of a batch of one, for its log line."""
+    if len(rows) != 1:
+        return {}
+    row = rows[0]
+    market = {"market_id": row["aggregate_id"]} if row["aggregate_type"] == "market" else {}
+    return {"event_id": row["event_id"], **market}
 
 
 def batch_session_name() -> str:
@@ -218,31 +253,42 @@ class OutboxRelay:
             await self._postgres.wait_after(error, self._stop)
             return False
         transaction = connection.transaction()
-        try:
-            await transaction.start()
-            rows = await connection.fetch(
-                SELECT_BATCH_SQL, self._settings.outbox_batch_size, self._term
-            )
-            if rows:
-                ids = [row["id"] for row in rows]
-                appended = await self._publisher.append(rows, self._term)
-        except BaseException as error:
-            await self._abandon(connection, transaction)
+        # The batch's span (when tracing is on), from the append to the commit, which
+        # runs in a task of its own but in the span's context.
+        with contextlib.ExitStack() as scope:
+            try:
+                await transaction.start()
+                rows = await connection.fetch(
+                    SELECT_BATCH_SQL, self._settings.outbox_batch_size, self._term
+                )
+                if rows:
+                    ids = [row["id"] for row in rows]
+                    if tracing.enabled():
+                        scope.enter_context(publishing_span(rows))
+                    appended = await self._publisher.append(rows, self._term)
+            except BaseException as error:
+                tracing.record_failure(error)
+                scope.close()  # the span ends with the failed append, not after a back-off
+                await self._abandon(connection, transaction)
+                await self._settle_commit()
+                return await self._after_failure(error, ids)
+            if not rows:
+                await self._abandon(connection, transaction)
+                self._postgres.succeeded()
+                return False
+            # One commit in flight at a time: the previous batch's must end before this one's.
             await self._settle_commit()
-            return await self._after_failure(error, ids)
-        if not rows:
-            await self._abandon(connection, transaction)
-            self._postgres.succeeded()
-            return False
-        # One commit in flight at a time: the previous batch's must end before this one's.
-        await self._settle_commit()
-        self._committing = asyncio.create_task(self._commit(connection, transaction, ids))
+            self._committing = asyncio.create_task(self._commit(connection, transaction, ids))
+            log.debug(
+                "appended %d rows",
+                len(rows),
+                extra={"outbox_id": f"{ids[0]}-{ids[-1]}", **_event_of(rows)},
+            )
         self._redis.succeeded()
         for loss in appended.losses:
             _log_loss(loss)
         self._published += len(rows)
         self._batches += 1
-        log.debug("appended %d rows", len(rows), extra={"outbox_id": f"{ids[0]}-{ids[-1]}"})
         return len(rows) == self._settings.outbox_batch_size
 
     async def _commit(
@@ -459,7 +505,15 @@ def _log_loss(loss: GroupLoss) -> None:
 
 
 async def run(settings: Settings) -> None:
-    """`make relay`: lead when the lock is free, stand by otherwise, until SIGTERM/SIGINT."""
+    """`make relay`: lead when the lock is free, stand by otherwise, until SIGTERM/SIGINT.
+
+    Traced (when on) only in the batches' spans: the locking, listening and checking
+    between them would otherwise make a trace of their own every second."""
+    with tracing.quiet():
+        await _run(settings)
+
+
+async def _run(settings: Settings) -> None:
     stop = stop_on_signals()
     leadership = Leadership(settings.database_url, RELAY_LOCK, term_sequence=TERM_SEQUENCE, log=log)
     session_name = batch_session_name()

@@ -2,14 +2,15 @@
 
 import logging
 
+from app.logging import TextFormatter
 from app.process import serve_http
 from simulator.app import SimulatorSettings
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s [epc] %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(TextFormatter("epc"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     settings = SimulatorSettings.from_environment()
     serve_http("simulator.app:create_app", settings.host, settings.port)
 

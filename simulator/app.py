@@ -17,6 +17,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from app import tracing
 from app.redis_client import connect_redis
 from simulator.decisions import decide
 from simulator.screen import SCREEN_HANDLERS, screen_templates
@@ -55,6 +56,7 @@ def _registry(state: State) -> Registry:
 
 def create_app(settings: SimulatorSettings | None = None) -> Litestar:
     settings = settings or SimulatorSettings.from_environment()
+    tracing.configure("simulator")
 
     @asynccontextmanager
     async def workers(app: Litestar) -> AsyncIterator[None]:
@@ -66,9 +68,12 @@ def create_app(settings: SimulatorSettings | None = None) -> Litestar:
             if settings.webhook_url
             else None
         )
-        reader = asyncio.create_task(
-            read_approval_requests(client, registry, f"simulator-{socket.gethostname()}", stop)
-        )
+        # Its blocking reads untraced (one trace a second otherwise); each request read
+        # is traced in a span of its own.
+        with tracing.quiet():
+            reader = asyncio.create_task(
+                read_approval_requests(client, registry, f"simulator-{socket.gethostname()}", stop)
+            )
         try:
             yield
         finally:
@@ -77,6 +82,7 @@ def create_app(settings: SimulatorSettings | None = None) -> Litestar:
             if app.state.pusher is not None:
                 await app.state.pusher.close()
             await client.aclose()
+            tracing.shutdown()
 
     @get("/health")
     async def health() -> dict[str, str]:
@@ -179,6 +185,7 @@ def create_app(settings: SimulatorSettings | None = None) -> Litestar:
         ],
         template_config=screen_templates(),
         lifespan=[workers],
+        middleware=tracing.asgi_middleware(),
         dependencies={"registry": Provide(_registry, sync_to_thread=False)},
         logging_config=None,
     )

@@ -28,5 +28,5 @@ def decide(
     except AlreadyDecided:
         raise HTTPException(status_code=409, detail=f"market {market_id} is decided") from None
     if state.pusher is not None:
-        state.pusher.push(event)
+        state.pusher.push(event, registry.trace_of.get(market_id))
     return event

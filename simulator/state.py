@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
+from opentelemetry.trace import SpanContext
 
 
 class ApprovalRequest(msgspec.Struct, kw_only=True):
@@ -43,9 +44,16 @@ class Registry:
         # byte for byte, however deep or malformed, never decoded here).
         self.feed: list[dict[str, Any] | msgspec.Raw] = []
         self.faults = Faults()
+        # Per market, the trace its approval request came in (when tracing is on), for
+        # the decision's webhook push to continue.
+        self.trace_of: dict[str, SpanContext] = {}
 
-    def request_approval(self, payload: dict[str, Any]) -> None:
+    def request_approval(
+        self, payload: dict[str, Any], trace_context: SpanContext | None = None
+    ) -> None:
         market_id = str(payload["market_id"])
+        if trace_context is not None and market_id not in self.requests:
+            self.trace_of[market_id] = trace_context
         self.requests.setdefault(
             market_id,
             ApprovalRequest(

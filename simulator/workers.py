@@ -6,10 +6,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import redis.asyncio as redis
+from opentelemetry.trace import SpanContext, SpanKind
 
+from app import tracing
 from app.backoff import Backoff
 from app.markets.events import Announced
 from app.redis_client import read_group
@@ -41,15 +45,37 @@ async def read_approval_requests(
         if start == "0" and not entries:
             start = ">"
             continue
-        for _, fields in entries:
+        for entry_id, fields in entries:
             if fields and fields.get("event_type") == Announced.APPROVAL_REQUESTED:
-                registry.request_approval(json.loads(fields["payload"]))
-                log.info("approval requested for market %s", fields["aggregate_id"])
+                with _received(entry_id, fields) as trace_context:
+                    registry.request_approval(json.loads(fields["payload"]), trace_context)
+                    log.info("approval requested for market %s", fields["aggregate_id"])
         if entries:
             try:
                 await client.xack(MARKETS_EVENTS, GROUP, *[entry_id for entry_id, _ in entries])
             except redis.RedisError as error:
                 log.warning("could not acknowledge: %r", error)
+
+
+@contextmanager
+def _received(entry_id: str, fields: dict[str, str]) -> Iterator[SpanContext | None]:
+    """The span of an approval request read (when tracing is on), continuing the trace
+    the entry carries; its context, for the decision's push to continue in turn."""
+    if not tracing.enabled():
+        yield None
+        return
+    attributes = {
+        "messaging.system": "redis",
+        "messaging.destination.name": MARKETS_EVENTS,
+        "messaging.consumer.group.name": GROUP,
+        "messaging.operation.type": "process",
+        "messaging.message.id": entry_id,
+    }
+    parent = tracing.span_context_of_json(fields.get("context"))
+    with tracing.child_span(
+        f"process {MARKETS_EVENTS}", parent, SpanKind.CONSUMER, attributes=attributes
+    ):
+        yield tracing.current_span_context()
 
 
 async def _ensure_group(client: redis.Redis) -> None:
@@ -70,10 +96,29 @@ class WebhookPusher:
         self._client = httpx.AsyncClient(timeout=5)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def push(self, event: dict[str, object]) -> None:
-        task = asyncio.create_task(self._deliver(event))
+    def push(self, event: dict[str, object], trace_context: SpanContext | None = None) -> None:
+        """Deliver `event` in the background; traced (when on) as part of `trace_context`,
+        the trace of the approval request it decides, linked to the current span (the
+        decision's request)."""
+        task = asyncio.create_task(self._traced_delivery(event, trace_context))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _traced_delivery(
+        self, event: dict[str, object], trace_context: SpanContext | None
+    ) -> None:
+        if not tracing.enabled():
+            await self._deliver(event)
+            return
+        decided_in = tracing.current_span_context()
+        with tracing.child_span(
+            "push decision",
+            trace_context,
+            links=[decided_in] if decided_in else [],
+            attributes={"market.event_id": str(event["event_id"])},
+        ):
+            # The HTTP client's span (httpx instrumentation) sends the traceparent header.
+            await self._deliver(event)
 
     async def _deliver(self, event: dict[str, object]) -> None:
         body = json.dumps(event).encode()

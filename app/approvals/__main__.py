@@ -11,6 +11,7 @@ poller cleanly, and the process ends as the consumer did.
 import asyncio
 import logging
 
+from app import tracing
 from app.approvals import consumer
 from app.inbound import poller
 from app.process import start_process, stop_on_signals
@@ -38,8 +39,15 @@ def _report_end(polling: "asyncio.Task[None]") -> None:
         log.error("the poller ended; the consumer goes on without it", exc_info=error)
 
 
+async def serve_quietly(settings: Settings) -> None:
+    """Traced (when on) only in the consumer's batch spans: its blocking reads and the
+    poller's polls would otherwise make a trace of their own every few seconds."""
+    with tracing.quiet():
+        await serve(settings)
+
+
 def main() -> None:
-    asyncio.run(serve(start_process("consumer")))
+    asyncio.run(serve_quietly(start_process("consumer")))
 
 
 if __name__ == "__main__":

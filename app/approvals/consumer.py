@@ -17,12 +17,15 @@ import logging
 import socket
 import time
 from collections import defaultdict
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final, cast
 
 import asyncpg
 import msgspec
 import redis.asyncio as redis
+from opentelemetry.trace import Span, SpanKind
 
+from app import tracing
 from app.approvals import service
 from app.approvals.domain import REFUSALS, Reason, Status
 from app.approvals.service import Delivery, Outcome
@@ -95,7 +98,8 @@ class ApprovalConsumer:
                 continue
             if entries:
                 try:
-                    await self._process(entries)
+                    with consuming_span(entries) if tracing.enabled() else nullcontext():
+                        await self._process(entries)
                 except BATCH_ERRORS as error:
                     # Nothing acknowledged is lost: the entries stay pending and come back.
                     log.warning("batch left pending: %r", error)
@@ -283,6 +287,13 @@ class ApprovalConsumer:
             self.applied[outcome.status.value] += 1
             if outcome.reason is not None:
                 log_not_applied(delivery.envelope, outcome.status, outcome.reason, outcome.error)
+            else:
+                log.debug(
+                    "event %s applied to market %s",
+                    delivery.envelope.event_id,
+                    delivery.envelope.aggregate_id,
+                    extra=_ids_of(delivery.envelope),
+                )
 
     async def _poisoned(self, entry: Entry, delivery: Delivery, error: Exception) -> bool:
         """An entry failed: True once it is dead-lettered (then it may be acknowledged)."""
@@ -435,6 +446,33 @@ def log_not_applied(
             "reason": reason.value,
         },
     )
+
+
+def consuming_span(entries: list[Entry]) -> AbstractContextManager[Span]:
+    """The span of one batch read from the stream (docs/design.md, Trace context):
+    CONSUMER, linked to the trace context of each entry; the events its transactions
+    write carry its own."""
+    attributes: dict[str, Any] = {
+        "messaging.system": "redis",
+        "messaging.destination.name": STREAM,
+        "messaging.consumer.group.name": GROUP,
+        "messaging.operation.type": "process",
+        "messaging.batch.message_count": len(entries),
+    }
+    if len(entries) == 1:
+        attributes["messaging.message.id"] = entries[0].id
+        fields = entries[0].fields or {}
+        for name in ("event_id", "aggregate_id"):
+            if isinstance(fields.get(name), str):
+                attributes[f"market.{name}"] = fields[name][:255]
+    contexts = [
+        tracing.span_context_of_json((entry.fields or {}).get("context")) for entry in entries
+    ]
+    return tracing.batch_span(f"process {STREAM}", SpanKind.CONSUMER, contexts, attributes)
+
+
+def _ids_of(envelope: EventEnvelope) -> dict[str, str]:
+    return {"event_id": envelope.event_id, "market_id": envelope.aggregate_id}
 
 
 def transaction_groups(entries: int, concurrency: int) -> int:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
+from app import tracing
 from app.app_error import FieldError
 from app.json_limits import MAX_NESTING, NestingTooDeep, holds_marker, within
 from app.markets.events import AGGREGATE_TYPE, DECISION_OF_EVENT
@@ -131,7 +132,8 @@ def read_event(
         aggregate_type=AGGREGATE_TYPE,
         aggregate_id=event.event_id if market_id is None else str(market_id),
         payload=event.payload,
-        context=event.context,
+        # Trace context in an event is the outbox's to write, never the sender's.
+        context=tracing.without_trace_context(event.context),
         occurred_at=event.occurred_at,
     )
 
