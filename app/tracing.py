@@ -23,23 +23,22 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib.metadata import entry_points
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
-from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-from opentelemetry.instrumentation.redis import RedisInstrumentor
-from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.settings import ConfigError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+# The SDK, its exporters and the instrumentations are imported only when tracing is on
+# (configure): off, a process pays neither their start-up time nor their memory.
 
 # The service.name of each process when OTEL_SERVICE_NAME (or service.name in
 # OTEL_RESOURCE_ATTRIBUTES) does not name it.
@@ -96,6 +95,10 @@ def configure(process: str, environ: Mapping[str, str] = os.environ) -> bool:
     names = exporter_names(environ)
     if not names or enabled():
         return enabled()
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     exporters = [_exporter(name, environ) for name in names]
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
@@ -108,6 +111,11 @@ def configure(process: str, environ: Mapping[str, str] = os.environ) -> bool:
     except ValueError as error:
         raise ConfigError(f"OTEL_TRACES_SAMPLER / OTEL_BSP_*: {error}") from None
     trace.set_tracer_provider(provider)
+    if not environ.get("OTEL_PROPAGATORS", "").strip():
+        # W3C trace context only: the SDK's default adds W3C baggage, which a public
+        # caller could fill with what the API would log (a warning per malformed entry,
+        # quoting it) and forward on every outgoing call. OTEL_PROPAGATORS still wins.
+        propagate.set_global_textmap(TraceContextTextMapPropagator())
     _instrument()
     _Installed.provider = provider
     return True
@@ -153,6 +161,9 @@ def _exporter(name: str, environ: Mapping[str, str]) -> Any:
 
 
 def _instrument() -> None:
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
 
     AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]
     RedisInstrumentor().instrument()
@@ -163,6 +174,7 @@ def asgi_middleware() -> list[Any]:
     """The HTTP API's server spans (Litestar's OpenTelemetry middleware), when on."""
     if not enabled():
         return []
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig
 
     # Without the ASGI receive/send spans: two per request, telling nothing of ours.
     return [OpenTelemetryConfig(exclude_spans=["receive", "send"]).middleware]
@@ -173,6 +185,7 @@ def quiet() -> AbstractContextManager[None]:
     a check every second), which would otherwise be a trace of its own each time."""
     if not enabled():
         return nullcontext()
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
 
     return suppress_instrumentation()
 
@@ -186,8 +199,14 @@ def with_trace_context(context: dict[str, Any]) -> dict[str, Any]:
     if not enabled():
         return context
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    kept: dict[str, Any] = {name: carrier[name] for name in TRACE_FIELDS if name in carrier}
+    _EVENT_PROPAGATOR.inject(carrier)
+    # A tracestate a caller sent may run to the SDK's 8,192 characters: stored, it would
+    # ride every stream entry of the event, and readers drop it past MAX_FIELD_CHARS.
+    kept: dict[str, Any] = {
+        name: carrier[name]
+        for name in TRACE_FIELDS
+        if name in carrier and len(carrier[name]) <= MAX_FIELD_CHARS
+    }
     return {**without_trace_context(context), **kept}
 
 
@@ -215,6 +234,8 @@ class _TraceFieldsGetter(Getter[Mapping[str, Any]]):
 
 
 _GETTER: Final = _TraceFieldsGetter()
+# Events carry W3C trace context alone, whatever OTEL_PROPAGATORS says for HTTP.
+_EVENT_PROPAGATOR: Final = TraceContextTextMapPropagator()
 
 
 class _TraceFields(msgspec.Struct):
@@ -229,7 +250,7 @@ def span_context_of(context: Any) -> SpanContext | None:
     """The valid span context an event's context carries, or None: whatever it holds."""
     if not isinstance(context, Mapping):
         return None
-    extracted = propagate.extract(context, context=otel_context.Context(), getter=_GETTER)
+    extracted = _EVENT_PROPAGATOR.extract(context, context=otel_context.Context(), getter=_GETTER)
     span_context = trace.get_current_span(extracted).get_span_context()
     return span_context if span_context.is_valid else None
 
@@ -240,7 +261,9 @@ def span_context_of_json(text: str | bytes | None) -> SpanContext | None:
         return None
     try:
         fields = _decode_trace_fields(text)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # RecursionError: msgspec's answer to a document nested ~1,000 deep, even under a
+        # key the struct ignores; from a forged entry it must not stop a consumer.
         return None
     return span_context_of({"traceparent": fields.traceparent, "tracestate": fields.tracestate})
 

@@ -34,9 +34,13 @@ import httpx
 import pytest
 import redis as sync_redis
 import redis.asyncio as redis
+from opentelemetry import baggage
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app import tracing
+from app.approvals.consumer import GROUP
 from app.inbound.events import read_event
 from app.logging import JsonFormatter, TextFormatter
 from app.webhooks import standard
@@ -270,7 +274,14 @@ def test_a_decision_by_webhook_is_one_trace_and_a_forged_context_is_not_believed
     in a span of its own, linked to nothing."""
     spans_of, _ = receiver
     api = traced_stack.api_url
-    market_id = register(api, traceparent()[0])
+    registration_header, registration_trace = traceparent()
+    market_id = register(api, registration_header)
+    # The registration's events published first: in one relay batch with the decision's
+    # row, the batch's span would be a root of its own, linked to both requests.
+    spans_of.wait_for(
+        partial(one, service="market-relay", kind="PRODUCER", trace_id=registration_trace),
+        "the relay's span of the registration",
+    )
     header, trace_id = traceparent()
     body = json.dumps(seed_event(market_id)).encode()
     stamp = int(time.time())
@@ -332,6 +343,21 @@ def test_a_decision_by_webhook_is_one_trace_and_a_forged_context_is_not_believed
         assert forged.parent_span_id == ""
         assert forged.links == ()
         assert forged.trace_id != trace_id
+
+    # A context nested past any decoder's depth, beside a valid traceparent: recorded
+    # unreadable and acknowledged, in a span of its own; the consumer goes on.
+    deep = stream_entry(market_id, {})
+    deep["context"] = '{"traceparent":"' + header + '","x":' + "[" * 5_000 + "]" * 5_000 + "}"
+    deep_id = client.xadd(ENTITY_PERMISSIONS_EVENTS, deep)
+    unread = spans_of.wait_for(
+        partial(one, service="market-consumer", attributes_id=deep_id),
+        f"the consumer's span of entry {deep_id}",
+    )
+    assert unread.links == ()
+    assert unread.trace_id != trace_id
+    pending = client.xpending_range(ENTITY_PERMISSIONS_EVENTS, GROUP, "-", "+", 10)
+    assert deep_id not in {entry["message_id"] for entry in pending}
+    assert traced_stack.processes["consumer-0"].process.poll() is None
     client.close()
 
 
@@ -480,7 +506,21 @@ def test_a_context_without_valid_trace_context_gives_none(context: Any) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    [b"", b"not json", b"{", b"\xff\xfe", b"[1,2]", b'"x"', b"null", b"{" * 100_000],
+    [
+        b"",
+        b"not json",
+        b"{",
+        b"\xff\xfe",
+        b"[1,2]",
+        b'"x"',
+        b"null",
+        b"{" * 100_000,
+        # Nested past msgspec's depth: a RecursionError, not a DecodeError, whether
+        # under a key the reader ignores or under the one it reads.
+        b'{"x":' + b"[" * 2_000 + b"]" * 2_000 + b"}",
+        b'{"traceparent":' + b"[" * 2_000 + b"]" * 2_000 + b"}",
+    ],
+    ids=lambda text: f"{text[:16]!r}",
 )
 def test_an_undecodable_context_gives_none(text: bytes) -> None:
     assert tracing.span_context_of_json(text) is None
@@ -516,6 +556,32 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> TracerProvider:
     return provider
 
 
+def _remote_parent(tracestate: str) -> otel_context.Context:
+    return TraceContextTextMapPropagator().extract({"traceparent": VALID, "tracestate": tracestate})
+
+
+def test_the_outbox_stores_a_bounded_tracestate_and_never_baggage(
+    recording: TracerProvider,
+) -> None:
+    """What the outbox stores of the writer's context: traceparent, a tracestate only as
+    long as readers read it (a caller's may be 8,192 characters: it would ride every
+    stream entry), and no baggage whatever the HTTP propagators carry."""
+    short_state = "k=v"
+    long_state = ",".join(f"k{n}={'v' * 200}" for n in range(3))
+    assert len(long_state) > tracing.MAX_FIELD_CHARS
+    tracer = recording.get_tracer("test")
+    for state, stored_state in ((short_state, short_state), (long_state, None)):
+        parent = baggage.set_baggage("user", "x", _remote_parent(state))
+        with tracer.start_as_current_span("register", context=parent) as span:
+            stored = tracing.with_trace_context({"actor_id": "a", "tracestate": "forged"})
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        span_id = format(span.get_span_context().span_id, "016x")
+        assert stored["traceparent"] == f"00-{trace_id}-{span_id}-01"
+        assert stored.get("tracestate") == stored_state
+        assert set(stored) <= {"actor_id", "traceparent", "tracestate"}
+        assert stored["actor_id"] == "a"
+
+
 def _record(message: str) -> logging.LogRecord:
     return logging.LogRecord("approvals.consumer", logging.INFO, __file__, 1, message, (), None)
 
@@ -547,37 +613,56 @@ def test_a_text_line_inside_a_span_carries_a_short_form(recording: TracerProvide
 
 
 _DESCRIBE_PROVIDER = """
-from opentelemetry import trace
+import sys
+from opentelemetry import propagate, trace
+import app.__main__, app.approvals.__main__, app.inbound.__main__
+import relay.__main__, simulator.__main__
 from app import tracing
 on = tracing.configure("relay")
 provider = trace.get_tracer_provider()
 resource = getattr(provider, "resource", None)
 name = resource.attributes.get("service.name") if resource else None
-print(on, type(provider).__name__, name)
+# redis-py loads opentelemetry.sdk.metrics for its own observability; ours is below.
+ours = ("opentelemetry.sdk.trace", "opentelemetry.instrumentation", "opentelemetry.exporter")
+sdk = "sdk" if any(m.startswith(ours) for m in sys.modules) else "no-sdk"
+fields = ",".join(sorted(propagate.get_global_textmap().fields))
+print(on, type(provider).__name__, name, sdk, fields)
 """
 
 
 @pytest.mark.parametrize(
     ("environ", "described"),
     [
-        ({"OTEL_TRACES_EXPORTER": "console"}, "True TracerProvider market-relay"),
+        (
+            {"OTEL_TRACES_EXPORTER": "console"},
+            "True TracerProvider market-relay sdk traceparent,tracestate",
+        ),
         (
             {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "relay-eu-1"},
-            "True TracerProvider relay-eu-1",
+            "True TracerProvider relay-eu-1 sdk traceparent,tracestate",
         ),
         (
             {"OTEL_TRACES_EXPORTER": "console", "OTEL_RESOURCE_ATTRIBUTES": "service.name=r2"},
-            "True TracerProvider r2",
+            "True TracerProvider r2 sdk traceparent,tracestate",
         ),
-        ({}, "False ProxyTracerProvider None"),
-        ({"OTEL_TRACES_EXPORTER": "none"}, "False ProxyTracerProvider None"),
+        (
+            {"OTEL_TRACES_EXPORTER": "console", "OTEL_PROPAGATORS": "tracecontext,baggage"},
+            "True TracerProvider market-relay sdk baggage,traceparent,tracestate",
+        ),
+        ({}, "False ProxyTracerProvider None no-sdk baggage,traceparent,tracestate"),
+        (
+            {"OTEL_TRACES_EXPORTER": "none"},
+            "False ProxyTracerProvider None no-sdk baggage,traceparent,tracestate",
+        ),
     ],
 )
 def test_each_process_names_itself_unless_the_environment_does(
     environ: dict[str, str], described: str
 ) -> None:
     """On, the SDK's provider with the resource the environment gives, the process's
-    own name by default; off, the API's proxy: no provider was set."""
+    own name by default, and W3C trace context without baggage unless OTEL_PROPAGATORS
+    asks (a caller's baggage would be logged and forwarded); off, the API's proxy: no
+    provider was set, and no process has loaded the SDK."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     result = subprocess.run(
         [sys.executable, "-c", _DESCRIBE_PROVIDER],
