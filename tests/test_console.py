@@ -87,6 +87,8 @@ async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 async def sign_in(page: Any, stack: Stack, token: str = ADMIN_TOKEN) -> None:
     """By keyboard, as a person does: the name field has the focus, Tab, Enter."""
     await page.goto(f"{stack.api_url}/console/sign-in")
+    # Typed before the autofocus lands, the first keys go nowhere ("da Operator" seen).
+    await page.wait_for_function("document.activeElement?.id === 'operator'")
     await page.keyboard.type(OPERATOR)
     await page.keyboard.press("Tab")
     await page.keyboard.type(token)

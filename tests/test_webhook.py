@@ -34,7 +34,7 @@ from tests.support.outbox import wait_until
 from tests.support.processes import free_port, start_api
 from tests.support.sns import CERT_URL, TOPIC_ARN, SnsSigner
 from tests.support.storage import assert_nothing_stored, row_counts
-from tests.support.webhooks import SECRET, WEBHOOK, seed_event, stored
+from tests.support.webhooks import SECRET, WEBHOOK, clear_of_a_minute_boundary, seed_event, stored
 
 RATE_LIMIT_KEYS = "ratelimit:webhook"
 ROTATED = "whsec_" + "c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24="
@@ -543,6 +543,7 @@ async def test_the_rate_limit_holds_and_answers_429(
         service_env(WEBHOOK_RATE_LIMIT_PER_MINUTE="5"), log_dir, "api-rate-limited"
     )
     try:
+        await clear_of_a_minute_boundary()
         async with httpx.AsyncClient(base_url=base_url) as http:
             codes = [(await http.post(WEBHOOK, json=seed_event())).status_code for _ in range(7)]
             # SNS drops a delivery answered 4xx and retries a 5xx: one over the limit waits.

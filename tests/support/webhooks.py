@@ -3,6 +3,8 @@ seed's body, and what it stored."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -34,3 +36,11 @@ async def stored(db: asyncpg.Connection) -> int:
         "SELECT count(*) FROM outbox WHERE stream = 'entity-permissions:events'"
     )
     return count
+
+
+async def clear_of_a_minute_boundary(needed_s: float = 15) -> None:
+    """Wait, if need be, until the rest of the current minute lasts `needed_s`: the rate
+    limit counts per wall-clock minute, and a test's requests must fall in one."""
+    left = 60 - time.time() % 60
+    if left < needed_s:
+        await asyncio.sleep(left + 0.1)
