@@ -21,12 +21,13 @@ from app.console.routes import CONSOLE_TEMPLATES, console_router
 from app.db import create_pool
 from app.errors import EXCEPTION_HANDLERS, validate_request_body
 from app.logging import address_of, configure_logging
-from app.markets.controller import MarketController
+from app.markets.cache import MarketViewCache
+from app.markets.controller import MarketController, MarketReads
 from app.monitoring.flow import FlowMonitor
 from app.monitoring.health import HealthController, ReadinessProbe
-from app.monitoring.metrics import FLOW, HTTP_METRICS, MetricsController
+from app.monitoring.metrics import FLOW, HTTP_METRICS, MetricsController, worker_stopped
 from app.openapi import ExactStructSchemaPlugin
-from app.process import secrets_used_by
+from app.process import secrets_used_by, stopping_with_supervisor
 from app.redis_client import connect_redis
 from app.settings import Settings, get_settings
 from app.unit_of_work import UnitOfWork
@@ -52,6 +53,18 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
         app.state.metrics_token = settings.metrics_token
         app.state.db_pool = await create_pool(settings)
         app.state.redis = connect_redis(settings.redis_url, "api", socket_timeout=2)
+        # Its own client with short time-outs: a slow Redis delays a read by at most these
+        # before PostgreSQL answers it (and the cache is skipped for a second).
+        market_cache = MarketViewCache(
+            connect_redis(
+                settings.redis_url, "api-cache", socket_timeout=0.25, connect_timeout=0.25
+            ),
+            pending_ttl_s=settings.market_cache_pending_ttl_s,
+            decided_ttl_s=settings.market_cache_ttl_s,
+            enabled=settings.market_cache,
+            local_entries=settings.market_cache_local_entries,
+        )
+        app.state.market_reads = MarketReads(market_cache, app.state.db_pool)
         # Where each dependency is, for the log lines that say it is down (never an answer).
         addresses = {
             "postgres": address_of(settings.database_url),
@@ -81,10 +94,13 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             {stream: settings.maxlen_of(stream) for stream in TRIMMED_STREAMS}
         )
         try:
-            yield
+            async with stopping_with_supervisor():
+                yield
         finally:
+            await app.state.market_reads.cache.close()
             await app.state.redis.aclose()
             await app.state.db_pool.close()
+            worker_stopped()
             tracing.shutdown()
 
     return Litestar(
@@ -104,6 +120,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
             "db_pool": Provide(_db_pool, sync_to_thread=False),
             "redis_client": Provide(_redis_client, sync_to_thread=False),
             "uow": Provide(_unit_of_work, sync_to_thread=False),
+            "market_reads": Provide(_market_reads, sync_to_thread=False),
             "receiver": Provide(_webhook_receiver, sync_to_thread=False),
             "readiness_probe": Provide(_readiness_probe, sync_to_thread=False),
             "flow_monitor": Provide(_flow_monitor, sync_to_thread=False),
@@ -133,6 +150,11 @@ def _db_pool(state: State) -> asyncpg.Pool:
 def _redis_client(state: State) -> redis.Redis:
     client: redis.Redis = state.redis
     return client
+
+
+def _market_reads(state: State) -> MarketReads:
+    reads: MarketReads = state.market_reads
+    return reads
 
 
 def _unit_of_work(state: State) -> UnitOfWork:

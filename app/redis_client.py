@@ -28,7 +28,12 @@ class HiredisPackingConnection(redis.Connection):
 
 
 def connect_redis(
-    url: str, role: str, *, socket_timeout: float | None = 5.0, decode_responses: bool = False
+    url: str,
+    role: str,
+    *,
+    socket_timeout: float | None = 5.0,
+    connect_timeout: float = 2.0,
+    decode_responses: bool = False,
 ) -> redis.Redis:
     """A client named `role:host:pid` in CLIENT LIST, with no silent retries.
 
@@ -41,7 +46,7 @@ def connect_redis(
     return redis.Redis.from_url(
         url,
         client_name=f"{role}:{socket.gethostname()}:{os.getpid()}",
-        socket_connect_timeout=2,
+        socket_connect_timeout=connect_timeout,
         socket_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
         decode_responses=decode_responses,

@@ -14,6 +14,7 @@ import enum
 import functools
 import ipaddress
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,8 @@ AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 AtLeastZero = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 PositiveSeconds = Annotated[float, msgspec.Meta(ge=0.01)]  # a poll loop's pace
+# A Redis time-to-live: finite, and one Redis accepts in milliseconds.
+CacheSeconds = Annotated[float, msgspec.Meta(ge=0.01, le=7 * 86400)]
 
 
 class ConfigError(RuntimeError):
@@ -69,6 +72,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     app_env: AppEnv = "production"
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 3000
+    api_workers: AtLeastOne | None = None  # unset: one per CPU in production, else 1
     database_url: str = "postgresql://postgres@127.0.0.1:5432/marketdb"
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_pool_min: AtLeastZero = 0  # 0: start even while PostgreSQL is down; /ready says so
@@ -88,6 +92,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_rate_limit_per_minute: AtLeastOne = 6000  # per client address, across API workers
     webhook_allowed_cidrs: tuple[str, ...] = ()  # empty: any address
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For is believed
+    # GET /api/v1/markets/{id} through Redis (app/markets/cache.py).
+    market_cache: bool = True
+    market_cache_pending_ttl_s: CacheSeconds = 2.0  # the staleness bound when a marker is lost
+    market_cache_ttl_s: CacheSeconds = 3600.0  # decided views (they never change) and markers
+    market_cache_local_entries: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 5000
     # The outbox relay.
     outbox_batch_size: AtLeastOne = 1000  # rows per batch; a batch holds Redis about 4 ms
     outbox_poll_interval_s: PositiveSeconds = 1.0
@@ -109,6 +118,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def is_production(self) -> bool:
         return self.app_env == "production"
+
+    @property
+    def workers(self) -> int:
+        """API worker processes: API_WORKERS, else one per CPU this process may run on in
+        production, and one elsewhere (a development or test run stays one process, with
+        one log and one debugger)."""
+        if self.api_workers is not None:
+            return self.api_workers
+        return usable_cpus() if self.is_production else 1
 
     def maxlen_of(self, stream: str) -> int:
         """The approximate length a stream is trimmed to."""
@@ -137,6 +155,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                     raise ConfigError(
                         f"invalid configuration: {name.upper()}: {cidr!r} is not an address or CIDR"
                     ) from None
+        if self.market_cache_pending_ttl_s >= self.market_cache_ttl_s:
+            # The markers that keep a stale pending view out must outlive the pending views.
+            raise ConfigError(
+                "invalid configuration: MARKET_CACHE_PENDING_TTL_S must be below MARKET_CACHE_TTL_S"
+            )
         if self.is_production and not self.sns_verify:
             raise ConfigError("invalid configuration: SNS_VERIFY=false is refused in production")
 
@@ -229,6 +252,19 @@ def read_dotenv(path: Path) -> dict[str, str]:
             value = value[1:-1]
         values[key.strip()] = value
     return values
+
+
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may run on, capped by its cgroup's CPU quota (a container
+    limited to 2 CPUs on a 64-CPU host gets 2, not 64)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to read: the affinity stands
+    return cpus
 
 
 def load_settings(

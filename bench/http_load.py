@@ -23,19 +23,27 @@ class KeepAliveConnection:
 
     async def post_json(self, path: str, body: bytes) -> int:
         """POST and read the whole answer; returns the status code."""
-        self._writer.write(
+        status, _ = await self._exchange(
             f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
+        return status
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """GET; returns the status code and the body."""
+        return await self._exchange(f"GET {path} HTTP/1.1\r\nHost: {self._host}\r\n\r\n".encode())
+
+    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        self._writer.write(request)
         status_line = await self._reader.readline()
         length = 0
         while (line := await self._reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode().partition(":")
             if name.lower() == "content-length":
                 length = int(value)
-        await self._reader.readexactly(length)
-        return int(status_line.split()[1])
+        body = await self._reader.readexactly(length)
+        return int(status_line.split()[1]), body
 
     def close(self) -> None:
         self._writer.close()

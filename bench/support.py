@@ -22,6 +22,18 @@ def peak_rss_mb(pid: int) -> float:
     return memory_mb(pid, "VmHWM")
 
 
+def worker_pids(pid: int) -> list[int]:
+    """An API's serving processes: with several workers, the supervisor's children."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children] or [pid]
+
+
+def api_peak_rss_mb(pid: int) -> float:
+    """The largest peak RSS among an API's workers: the figure the per-worker limit is
+    about (the supervisor only waits)."""
+    return max(peak_rss_mb(worker) for worker in worker_pids(pid))
+
+
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(0, math.ceil(pct / 100 * len(ordered)) - 1)

@@ -19,8 +19,15 @@ def require(tool: str, package: str) -> str:
     return path
 
 
-def wrk(url: str, seconds: int, connections: int = 32, threads: int = 2) -> dict[str, Any]:
-    """wrk POSTing the register body; requests/s and latency percentiles."""
+def wrk(
+    url: str,
+    seconds: int,
+    connections: int = 32,
+    threads: int = 2,
+    script: Path | None = HERE / "register.lua",
+) -> dict[str, Any]:
+    """wrk running `script` (by default POSTing the register body), or GETting `url` when
+    None; requests/s and latency percentiles."""
     out = subprocess.run(
         [
             require("wrk", "wrk"),
@@ -28,8 +35,7 @@ def wrk(url: str, seconds: int, connections: int = 32, threads: int = 2) -> dict
             f"-c{connections}",
             f"-d{seconds}s",
             "--latency",
-            "-s",
-            str(HERE / "register.lua"),
+            *(("-s", str(script)) if script is not None else ()),
             url,
         ],
         capture_output=True,

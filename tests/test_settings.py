@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.logging import JsonFormatter
-from app.settings import ConfigError, Uses, load_settings
+from app.settings import ConfigError, Uses, load_settings, usable_cpus
 from tests.conftest import service_env
 from tests.support.processes import ROOT, ManagedProcess, free_port, start_api
 
@@ -114,6 +114,42 @@ def test_development_warns_and_goes_on(caplog: pytest.LogCaptureFixture) -> None
         settings.check_secrets(Uses.EVERYTHING)
 
     assert "ADMIN_TOKEN" in caplog.text
+
+
+def test_api_workers_are_the_cpus_in_production_and_one_elsewhere() -> None:
+    assert load_settings({"APP_ENV": "production"}, dotenv=None).workers == usable_cpus()
+    for app_env in ("development", "test"):
+        assert load_settings({"APP_ENV": app_env}, dotenv=None).workers == 1
+    assert load_settings({"APP_ENV": "test", "API_WORKERS": "3"}, dotenv=None).workers == 3
+    with pytest.raises(ConfigError, match="API_WORKERS"):
+        load_settings({"API_WORKERS": "0"}, dotenv=None)
+
+
+def test_usable_cpus_follow_the_cgroup_quota(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    affinity = len(os.sched_getaffinity(0))
+    for quota, expected in (("max 100000", affinity), ("50000 100000", 1), ("150000 100000", 2)):
+        cpu_max.write_text(quota + "\n")
+        assert usable_cpus(cpu_max) == min(affinity, expected), quota
+    assert usable_cpus(tmp_path / "absent") == affinity
+
+
+def test_the_market_cache_is_on_and_its_pending_views_outlived_by_its_markers() -> None:
+    settings = load_settings({}, dotenv=None)
+    assert settings.market_cache and settings.market_cache_pending_ttl_s == 2.0
+    assert not load_settings({"MARKET_CACHE": "false"}, dotenv=None).market_cache
+    equal = load_settings(
+        {"MARKET_CACHE_PENDING_TTL_S": "5", "MARKET_CACHE_TTL_S": "5"}, dotenv=None
+    )
+    with pytest.raises(ConfigError, match="MARKET_CACHE_PENDING_TTL_S"):
+        equal.check_values()
+    for variable, value in (
+        ("MARKET_CACHE_PENDING_TTL_S", "0"),
+        ("MARKET_CACHE_TTL_S", "inf"),
+        ("MARKET_CACHE_TTL_S", "1e16"),
+    ):
+        with pytest.raises(ConfigError, match=variable):
+            load_settings({variable: value}, dotenv=None)
 
 
 def test_the_api_process_exits_in_production_without_secrets() -> None:

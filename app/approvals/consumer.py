@@ -33,6 +33,7 @@ from app.backoff import Backoff
 from app.db import RETRYABLE_ERRORS, TRANSIENT_ERRORS, create_pool, storable
 from app.inbound.events import UnreadableEntry, read_stream_entry
 from app.inbound.unreadable import UNREADABLE_ENTRY, label, printable, stream_entry_key
+from app.markets.cache import MarketViewCache
 from app.process import stop_on_signals
 from app.redis_client import connect_redis, read_group
 from app.settings import Settings
@@ -69,6 +70,12 @@ class ApprovalConsumer:
         self._pool = pool
         self._redis = client
         self._stop = stop
+        self._market_cache = MarketViewCache(
+            client,
+            pending_ttl_s=settings.market_cache_pending_ttl_s,
+            decided_ttl_s=settings.market_cache_ttl_s,
+            enabled=settings.market_cache,
+        )
         self._redis_backoff = Backoff("Redis", log)
         self._postgres_backoff = Backoff("PostgreSQL", log)
         self._next_claim = 0.0
@@ -243,6 +250,8 @@ class ApprovalConsumer:
         if outcomes is None:
             return []  # stopping: left pending for the next consumer
         self._report(deliveries, outcomes)
+        if not await self._invalidate(deliveries, outcomes):
+            return []
         return [entry.id for entry, _ in items]
 
     async def _apply_one_by_one(self, items: list[tuple[Entry, Delivery]]) -> list[str]:
@@ -263,8 +272,23 @@ class ApprovalConsumer:
             if outcomes is None:
                 break
             self._report([delivery], outcomes)
+            if not await self._invalidate([delivery], outcomes):
+                break
             acked.append(entry.id)
         return acked
+
+    async def _invalidate(self, deliveries: list[Delivery], outcomes: list[Outcome | None]) -> bool:
+        """Before any of these entries is acknowledged, the cached views of the markets
+        they decided stop being served (app/markets/cache.py); False when Redis failed
+        that: the entries are left pending and, delivered again, found recorded and
+        marked again. Returned, not raised, so that the other transaction groups of
+        the read finish and are acknowledged as usual."""
+        try:
+            await self._market_cache.decided(service.markets_decided_by(deliveries, outcomes))
+        except redis.RedisError as error:
+            log.warning("decided markets not marked in the cache, left pending: %r", error)
+            return False
+        return True
 
     async def _retrying(self, deliveries: list[Delivery]) -> list[Outcome | None] | None:
         """apply_events, retried in place while PostgreSQL is away; None when stopping."""

@@ -129,6 +129,24 @@ async def _apply_unique(uow: UnitOfWork, deliveries: list[Delivery]) -> dict[str
     return outcomes
 
 
+def markets_decided_by(
+    deliveries: Sequence[Delivery], outcomes: Sequence[Outcome | None]
+) -> set[str]:
+    """The markets these events may have decided: applied now, or before (a duplicate,
+    whose first delivery may have been applied without its cache marker written)."""
+    markets: set[str] = set()
+    for delivery, outcome in zip(deliveries, outcomes, strict=True):
+        if outcome is not None and outcome.status != Status.SUCCESS:
+            continue
+        try:
+            decision = read_decision(delivery.envelope)
+        except InvalidDecision:
+            continue
+        if decision is not None:
+            markets.add(str(decision.market_id))
+    return markets
+
+
 async def record_failure(uow: UnitOfWork, delivery: Delivery, reason: Reason, error: str) -> bool:
     """Record an event that could not be applied (unreadable, dead-lettered); False if
     already recorded."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +14,13 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.plugins.prometheus import PrometheusConfig
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeHistogramMetricFamily,
@@ -181,6 +189,28 @@ FLOW = FlowCollector()
 REGISTRY.register(FLOW)
 
 
+@functools.cache
+def scraped_registry() -> CollectorRegistry:
+    """What a scrape reads. With several API workers (PROMETHEUS_MULTIPROC_DIR set by
+    app.process), the HTTP counters and histograms of every worker, summed from their
+    shared files, whichever worker answers; the flow's figures are read from PostgreSQL
+    and Redis, the same from any worker. One process: its own registry, with the
+    process and runtime collectors."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(FLOW)
+    return registry
+
+
+def worker_stopped() -> None:
+    """A worker stopping takes its in-progress gauges out of the shared files (its
+    counters stay: what it served was served)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
 def require_metrics_token(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
@@ -205,4 +235,4 @@ class MetricsController(Controller):
     @get(summary="Prometheus metrics")
     async def metrics(self, flow_monitor: NamedDependency[FlowMonitor]) -> Response[bytes]:
         FLOW.snapshot = await flow_monitor.snapshot()
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(scraped_registry()), media_type=CONTENT_TYPE_LATEST)

@@ -86,8 +86,8 @@ class Flow:
         process.wait_http_ok(f"{base_url}/health")
         return process, base_url
 
-    def start_api(self, name: str = "api") -> tuple[ManagedProcess, str]:
-        process, base_url = start_api(self.env(), self.log_dir, name)
+    def start_api(self, name: str = "api", **overrides: str) -> tuple[ManagedProcess, str]:
+        process, base_url = start_api(self.env(**overrides), self.log_dir, name)
         self.processes.append(process)
         return process, base_url
 
