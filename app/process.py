@@ -186,7 +186,8 @@ async def stopping_with_supervisor() -> AsyncIterator[None]:
 
 async def _stop_when_orphaned(supervisor: int) -> None:
     # Polled: nothing signals a process that its parent died unless it asked the kernel
-    # beforehand (prctl), which Python offers no call for.
+    # beforehand (prctl PR_SET_PDEATHSIG, reachable only through ctypes), and a parent
+    # that died before the ask would go unnoticed anyway.
     while os.getppid() == supervisor:  # noqa: ASYNC110
         await asyncio.sleep(1)
     log.warning("the API's supervisor (pid %d) is gone: this worker stops", supervisor)

@@ -262,7 +262,7 @@ def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
         quota, period = cpu_max.read_text().split()
         if quota != "max":
             cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
+    except (OSError, ValueError, ZeroDivisionError):
         pass  # no cgroup v2 quota to read: the affinity stands
     return cpus
 

@@ -70,15 +70,16 @@ class Workers:
             self.clients.append(http)
 
 
-def start_workers(flow: Flow, tmp_path: Path, **overrides: str) -> Workers:
+def launch_workers(flow: Flow, name: str, **overrides: str) -> tuple[ManagedProcess, int]:
+    """`python -m app` with WORKERS workers on a free port; returns it and its port."""
     port = free_port()
-    process = flow.launch(
-        "app",
-        "api-workers",
-        API_WORKERS=str(WORKERS),
-        HTTP_PORT=str(port),
-        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
-        **overrides,
+    process = flow.launch("app", name, API_WORKERS=str(WORKERS), HTTP_PORT=str(port), **overrides)
+    return process, port
+
+
+def start_workers(flow: Flow, tmp_path: Path, **overrides: str) -> Workers:
+    process, port = launch_workers(
+        flow, "api-workers", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"), **overrides
     )
     base_url = f"http://127.0.0.1:{port}"
     process.wait_http_ok(f"{base_url}/health")
@@ -185,12 +186,9 @@ def _running(pid: int) -> bool:
 async def test_a_worker_that_cannot_start_stops_the_api_with_status_1(
     flow: Flow, tmp_path: Path
 ) -> None:
-    port = free_port()
-    process = flow.launch(
-        "app",
+    process, _ = launch_workers(
+        flow,
         "api-workers-failing",
-        API_WORKERS=str(WORKERS),
-        HTTP_PORT=str(port),
         # Starting needs one connection, and nothing listens there.
         DATABASE_POOL_MIN="1",
         DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/marketdb_test",
@@ -205,12 +203,8 @@ async def test_a_worker_whose_app_cannot_be_built_stops_the_api_with_status_1(
     """Not its lifespan this time: the app factory itself fails (tracing asked of an
     exporter that does not exist), which uvicorn alone would answer with a new worker,
     failing the same way, forever."""
-    process = flow.launch(
-        "app",
-        "api-workers-unbuildable",
-        API_WORKERS=str(WORKERS),
-        HTTP_PORT=str(free_port()),
-        OTEL_TRACES_EXPORTER="no-such-exporter",
+    process, _ = launch_workers(
+        flow, "api-workers-unbuildable", OTEL_TRACES_EXPORTER="no-such-exporter"
     )
     assert process.process.wait(120) == 1, process.log_tail()
     log = process.log_text()

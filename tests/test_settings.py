@@ -131,6 +131,9 @@ def test_usable_cpus_follow_the_cgroup_quota(tmp_path: Path) -> None:
     for quota, expected in (("max 100000", affinity), ("50000 100000", 1), ("150000 100000", 2)):
         cpu_max.write_text(quota + "\n")
         assert usable_cpus(cpu_max) == min(affinity, expected), quota
+    for unreadable in ("100000 0", "not numbers", ""):
+        cpu_max.write_text(unreadable)
+        assert usable_cpus(cpu_max) == affinity, unreadable
     assert usable_cpus(tmp_path / "absent") == affinity
 
 

@@ -122,7 +122,6 @@ class MarketViewCache:
         local_entries: int = 0,
     ) -> None:
         self.enabled = enabled
-        self.pending_ttl_s = pending_ttl_s
         self._client = client
         self._read = client.register_script(_READ)
         self._fill = client.register_script(_FILL)

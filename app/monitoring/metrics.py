@@ -189,6 +189,11 @@ FLOW = FlowCollector()
 REGISTRY.register(FLOW)
 
 
+# Set (by app.process, for several API workers) when prometheus_client runs in its
+# multi-process mode, each worker writing its samples to files there.
+MULTIPROCESS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
+
+
 @functools.cache
 def scraped_registry() -> CollectorRegistry:
     """What a scrape reads. With several API workers (PROMETHEUS_MULTIPROC_DIR set by
@@ -196,7 +201,7 @@ def scraped_registry() -> CollectorRegistry:
     shared files, whichever worker answers; the flow's figures are read from PostgreSQL
     and Redis, the same from any worker. One process: its own registry, with the
     process and runtime collectors."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not os.environ.get(MULTIPROCESS_DIRECTORY):
         return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -207,7 +212,7 @@ def scraped_registry() -> CollectorRegistry:
 def worker_stopped() -> None:
     """A worker stopping takes its in-progress gauges out of the shared files (its
     counters stay: what it served was served)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if os.environ.get(MULTIPROCESS_DIRECTORY):
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
