@@ -72,7 +72,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     app_env: AppEnv = "production"
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 3000
-    api_workers: AtLeastOne | None = None  # unset: one per CPU in production, else 1
+    # unset: one per CPU in production, else 1; at most 256 (each holds its own pools)
+    api_workers: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
     database_url: str = "postgresql://postgres@127.0.0.1:5432/marketdb"
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_pool_min: AtLeastZero = 0  # 0: start even while PostgreSQL is down; /ready says so

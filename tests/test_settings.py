@@ -121,8 +121,9 @@ def test_api_workers_are_the_cpus_in_production_and_one_elsewhere() -> None:
     for app_env in ("development", "test"):
         assert load_settings({"APP_ENV": app_env}, dotenv=None).workers == 1
     assert load_settings({"APP_ENV": "test", "API_WORKERS": "3"}, dotenv=None).workers == 3
-    with pytest.raises(ConfigError, match="API_WORKERS"):
-        load_settings({"API_WORKERS": "0"}, dotenv=None)
+    for refused in ("0", "100000"):
+        with pytest.raises(ConfigError, match="API_WORKERS"):
+            load_settings({"API_WORKERS": refused}, dotenv=None)
 
 
 def test_usable_cpus_follow_the_cgroup_quota(tmp_path: Path) -> None:
