@@ -27,7 +27,7 @@ from app.monitoring.flow import FlowMonitor
 from app.monitoring.health import HealthController, ReadinessProbe
 from app.monitoring.metrics import FLOW, HTTP_METRICS, MetricsController, worker_stopped
 from app.openapi import ExactStructSchemaPlugin
-from app.process import secrets_used_by, stopping_with_supervisor
+from app.process import secrets_used_by, settle_heap, stopping_with_supervisor
 from app.redis_client import connect_redis
 from app.settings import Settings, get_settings
 from app.unit_of_work import UnitOfWork
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None, sns: SnsVerifier | None = None)
         app.state.console_figures = ConsoleFigures(
             {stream: settings.maxlen_of(stream) for stream in TRIMMED_STREAMS}
         )
+        settle_heap()
         try:
             async with stopping_with_supervisor():
                 yield

