@@ -169,8 +169,10 @@ _WARM_QUERY: Final = "SELECT 1 FROM markets, outbox, processed_events WHERE fals
 
 async def warm(pool: asyncpg.Pool, connections: int) -> None:
     """Open `connections` of the pool's connections now, best effort: a database that is
-    away or slow costs the start at most WARM_TIMEOUT_S, and the pool connects later as
-    it would have. Sequential, so a slow server is not handed a burst of backends."""
+    away costs the start nothing more, one that stops answering at most twice
+    WARM_TIMEOUT_S (the opening, then giving back the connection it cut), and the pool
+    connects later as it would have. Sequential, so a slow server is not handed a burst
+    of backends."""
     held: list[PoolConnectionProxy] = []
     try:
         async with asyncio.timeout(WARM_TIMEOUT_S):

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from app.approvals.domain import REFUSALS
 from app.monitoring.flow import LATENCY_BUCKETS, WINDOWS, FlowMonitor, Snapshot
+from app.process import METRICS_DIRECTORY_VARIABLE
 
 PREFIX = "market"
 HTTP_METRICS = PrometheusConfig(app_name="market-backend", prefix=PREFIX, group_path=True)
@@ -189,11 +190,6 @@ FLOW = FlowCollector()
 REGISTRY.register(FLOW)
 
 
-# Set (by app.process, for several API workers) when prometheus_client runs in its
-# multi-process mode, each worker writing its samples to files there.
-MULTIPROCESS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
-
-
 @functools.cache
 def scraped_registry() -> CollectorRegistry:
     """What a scrape reads. With several API workers (PROMETHEUS_MULTIPROC_DIR set by
@@ -201,7 +197,7 @@ def scraped_registry() -> CollectorRegistry:
     shared files, whichever worker answers; the flow's figures are read from PostgreSQL
     and Redis, the same from any worker. One process: its own registry, with the
     process and runtime collectors."""
-    if not os.environ.get(MULTIPROCESS_DIRECTORY):
+    if not os.environ.get(METRICS_DIRECTORY_VARIABLE):
         return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -212,7 +208,7 @@ def scraped_registry() -> CollectorRegistry:
 def worker_stopped() -> None:
     """A worker stopping takes its in-progress gauges out of the shared files (its
     counters stay: what it served was served)."""
-    if os.environ.get(MULTIPROCESS_DIRECTORY):
+    if os.environ.get(METRICS_DIRECTORY_VARIABLE):
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
